@@ -1,0 +1,1 @@
+"""Checkpoint files: reading and writing weights, the pretrained-directory layout, foreign layouts."""

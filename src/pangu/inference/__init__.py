@@ -1,0 +1,1 @@
+"""Text generation: sampling rules and incremental (KV-cache) decoding."""
