@@ -9,7 +9,7 @@ from pangu.errors import InputError
 
 
 class Tokenizer(ABC):
-    """Text <-> token ids. Subclasses are picklable (they rebuild from their files) so worker pools can use them.
+    """Text <-> token ids. Subclasses are picklable (they rebuild from their files) for worker pools.
 
     Special ids are looked up by piece in the vocabulary, never hard-coded.
     """
@@ -52,7 +52,8 @@ class Tokenizer(ABC):
         """Encode several texts in this process; subclasses override when the backend batches natively."""
         return [self.encode(text) for text in texts]
 
-    def encode_batch(self, texts: Iterable[str], num_workers: int = 1, chunk_size: int = 64) -> list[list[int]]:
+    def encode_batch(self, texts: Iterable[str], num_workers: int = 1,
+                     chunk_size: int = 64) -> list[list[int]]:
         """Encode many texts, with `num_workers` worker processes when it is above 1. Order is kept."""
         from pangu.tokenizers.pool import EncodePool
 
