@@ -1,6 +1,6 @@
 """MindSpore-native PanGu-alpha and GPT-2 model zoo."""
 
-from pangu.config import MoEConfig, ModelConfig, ParallelConfig, get_preset, list_presets
+from pangu.config import ModelConfig, MoEConfig, ParallelConfig, get_preset, list_presets
 from pangu.errors import PanguError
 
 __all__ = ["ModelConfig", "ParallelConfig", "MoEConfig", "get_preset", "list_presets", "PanguError"]

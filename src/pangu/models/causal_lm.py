@@ -18,6 +18,7 @@ from pangu.config import ModelConfig
 from pangu.errors import CheckpointError, InputError
 from pangu.models.layers import Backbone
 from pangu.models.masks import causal_padding_mask, mask_to_bias
+from pangu.runtime import use_graph_mode
 
 
 class CausalLM(nn.Cell):
@@ -44,6 +45,8 @@ class CausalLM(nn.Cell):
         """A compiled wrapper around the backbone (created once, shared parameters)."""
         if name not in self._graphs:
             from pangu.models import graphs
+
+            use_graph_mode()
 
             self._graphs[name] = graphs.GRAPHS[name](self.backbone)
         return self._graphs[name]

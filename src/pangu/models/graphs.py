@@ -1,7 +1,7 @@
 """Compiled entry points over a shared `Backbone`: full forward, prefill and one-token decode.
 
-Each wrapper is its own cell with a `@jit` construct, so it runs as a compiled graph in either
-execution mode, and `auto_prefix=False` keeps the released parameter names. The KV cache travels as
+Each wrapper is its own cell, compiled in GRAPH_MODE (see `pangu.runtime`), and `auto_prefix=False`
+keeps the released parameter names. The KV cache travels as
 explicit flat arguments and results (keys of every layer, then values), which keeps per-call overhead
 low and lets the decode graph be exported as it is.
 """
@@ -19,7 +19,6 @@ class ForwardGraph(nn.Cell):
         super().__init__(auto_prefix=False)
         self.backbone = backbone
 
-    @ms.jit
     def construct(self, input_ids, position_ids, bias):
         hidden, _, _ = self.backbone(input_ids, position_ids, bias)
         return self.backbone.logits(hidden)
@@ -33,7 +32,6 @@ class PrefillGraph(nn.Cell):
         super().__init__(auto_prefix=False)
         self.backbone = backbone
 
-    @ms.jit
     def construct(self, input_ids, position_ids, bias, last_index):
         hidden, keys, values = self.backbone(input_ids, position_ids, bias)
         batch = hidden.shape[0]
@@ -51,7 +49,6 @@ class DecodeGraph(nn.Cell):
         self.backbone = backbone
         self.num_layers = backbone.num_layers
 
-    @ms.jit
     def construct(self, input_ids, position_ids, bias, slot, *cache):
         keys = cache[:self.num_layers]
         values = cache[self.num_layers:]
