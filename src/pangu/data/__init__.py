@@ -1,0 +1,1 @@
+"""Training data: corpus reading, preprocessing to MindRecord / Megatron files, and the training dataset."""
