@@ -19,7 +19,8 @@ WEIGHT_FORMATS = ("safetensors", "ckpt")
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it to `final` only if the block succeeds."""
     final = Path(final)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    # keep the real suffix last: some writers (MindSpore's) append theirs otherwise
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
