@@ -31,7 +31,8 @@ def read_mmidIDX(prefix: Path) -> tuple[np.dtype, np.ndarray, np.ndarray, np.nda
     doc_idx = np.frombuffer(raw, "<i8", doc_count, 34 + 12 * count)
     assert len(raw) == 34 + 12 * count + 8 * doc_count
     data = Path(f"{prefix}.bin").read_bytes()
-    sequences = [np.frombuffer(data, dtype, int(size), int(pointer)) for size, pointer in zip(sizes, pointers)]
+    sequences = [np.frombuffer(data, dtype, int(size), int(pointer))
+                 for size, pointer in zip(sizes, pointers, strict=True)]
     assert len(data) == int(sizes.sum()) * dtype.itemsize
     return dtype, sizes, pointers, doc_idx, sequences
 
@@ -52,7 +53,7 @@ def test_writer_layout(tmp_path, vocab_size, dtype, code):
     assert sizes.tolist() == [5, 1, 17, 3]
     assert pointers.tolist() == [0, 5 * read_dtype.itemsize, 6 * read_dtype.itemsize, 23 * read_dtype.itemsize]
     assert doc_idx.tolist() == [0, 1, 2, 3, 4]
-    for expected, sequence in zip(documents, sequences):
+    for expected, sequence in zip(documents, sequences, strict=True):
         np.testing.assert_array_equal(sequence, expected)
     reader = MegatronDataset(tmp_path / "corpus")
     assert (len(reader), reader.num_documents, reader.num_tokens) == (4, 4, 26)
