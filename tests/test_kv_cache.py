@@ -7,7 +7,10 @@ import pytest
 
 from pangu.inference.generation import IncrementalDecoder
 
-PROMPTS = {1: [[3, 14, 15, 92, 65, 35, 89]], 3: [[3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46], [26, 43], [38, 32, 79, 50, 2]]}
+PROMPTS = {
+    1: [[3, 14, 15, 92, 65, 35, 89]],
+    3: [[3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46], [26, 43], [38, 32, 79, 50, 2]],
+}
 
 
 def randomize(model, seed):

@@ -1,0 +1,65 @@
+"""The `pangu` command and the top-level scripts: the demo runs, bad input gives one line and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT, shared_data
+
+from pangu.cli import main
+
+
+def test_presets_lists_counts(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "gpt2" in out and "124,439,808" in out and "pangu_alpha_2.6b" in out
+
+
+def test_demo_builds_saves_and_generates(tmp_path, capsys):
+    tokenizer_dir = shared_data("pangu_tokenizer")
+    code = main(["demo", "--tokenizer_dir", str(tokenizer_dir), "--output_dir", str(tmp_path / "m"),
+                 "--max_new_tokens", "8"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "model.safetensors").is_file()
+    assert "prompt ids: [96, 11, 6539, 16, 263" in out  # 中国的首都是北京 (known-good ids)
+    assert "text: 中国的首都是北京，" in out
+
+
+def test_demo_without_tokenizer_says_how_to_fetch(tmp_path, capsys):
+    assert main(["demo", "--tokenizer_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pangu fetch-tokenizer pangu-alpha" in err
+
+
+def test_generate_from_saved_model(tiny_gpt2, tmp_path, capsys):
+    tokenizer = shared_data("gpt2_bpe")
+    model_dir = tmp_path / "gpt2"
+    from pangu.models import build_model
+
+    build_model("gpt2-tiny", dropout_rate=0.0).save_pretrained(model_dir)
+    assert main(["generate", "--model_dir", str(model_dir), "--tokenizer_path", str(tokenizer),
+                 "--prompt", "Hello world", "--max_new_tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("Hello world")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["generate", "--model_dir", "/nonexistent", "--tokenizer_path", "x", "--prompt", "a"], "does not exist"),
+    (["generate", "--model_dir", "/tmp", "--tokenizer_path", "x"], "at least one --prompt"),
+])
+def test_bad_input_is_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_entry_scripts_say_not_yet():
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "export.py")], capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.startswith("not yet:")
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "pangu.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "preprocess" in result.stdout
