@@ -1,6 +1,6 @@
 """Preprocessing and tokenizer throughput on the 西游记 + CMRC corpus (../shared/data/zh_corpus).
 
-    PYTHONPATH=src python bench/bench_preprocess.py [--write docs/benchmarks_data.md]
+    PYTHONPATH=src python bench/bench_preprocess.py [--write bench_preprocess.md]
 
 Measures `pangu preprocess` (PanGu-alpha tokenizer, MindRecord output) with 1 and 2 workers, and tokenizer
 encode throughput: a plain per-line loop vs `encode_batch` with 1 and 2 worker processes.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-COMMAND = "PYTHONPATH=src python bench/bench_preprocess.py --write docs/benchmarks_data.md"
+COMMAND = "PYTHONPATH=src python bench/bench_preprocess.py --write bench_preprocess.md"
 
 
 def _preprocess_row(workers: int) -> tuple[str, float, float]:
