@@ -93,10 +93,10 @@ class IncrementalDecoder:
         lengths = state.lengths
         if int(lengths.max()) >= state.cache_len:
             raise InputError(f"the KV cache is full ({state.cache_len} positions)")
-        tokens = np.asarray(tokens, dtype=np.int32).reshape(-1, 1)
+        tokens = np.asarray(tokens, dtype=np.int32).reshape(-1)
         self.model.check_input_ids(tokens)
         outputs = self.model.graph("decode")(
-            ms.Tensor(tokens), ms.Tensor(lengths.astype(np.int32).reshape(-1, 1)),
+            ms.Tensor(tokens), ms.Tensor(lengths.astype(np.int32)),
             ms.Tensor(decode_bias(lengths, state.cache_len)), ms.Tensor(slot_onehot(lengths, state.cache_len)),
             *state.cache,
         )

@@ -41,7 +41,7 @@ class PrefillGraph(nn.Cell):
 
 
 class DecodeGraph(nn.Cell):
-    """(input_ids, position_ids [B, 1], bias [B, 1, 1, T], slot [B, 1, T, 1], k_0.., v_0.. [B, n, T, d]) ->
+    """(input_ids, position_ids [B], bias [B, 1, 1, T], slot [B, 1, T, 1] bool, k_0.., v_0.. [B, n, T, d]) ->
     (logits [B, V], updated k_0.., v_0..)."""
 
     def __init__(self, backbone) -> None:
@@ -53,7 +53,7 @@ class DecodeGraph(nn.Cell):
         keys = cache[:self.num_layers]
         values = cache[self.num_layers:]
         hidden, keys, values = self.backbone.step(input_ids, position_ids, bias, slot, keys, values)
-        logits = self.backbone.logits(hidden[:, 0, :])
+        logits = self.backbone.logits(hidden)
         return (logits,) + keys + values
 
 

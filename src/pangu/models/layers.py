@@ -69,6 +69,9 @@ class Linear(nn.Cell):
         self.n_out = n_out
 
     def construct(self, x):
+        if x.ndim == 2:  # the decode path keeps [B, h]: no reshapes (each op costs a kernel launch)
+            return self.matmul(_cast(x, self.compute_dtype), _cast(self.weight, self.compute_dtype)) + _cast(
+                self.bias, self.compute_dtype)
         shape = x.shape
         x2 = _cast(x, self.compute_dtype).reshape(-1, shape[-1])
         y = self.matmul(x2, _cast(self.weight, self.compute_dtype)) + _cast(self.bias, self.compute_dtype)
@@ -115,16 +118,22 @@ class Attention(nn.Cell):
         self.compute_dtype = cdt
         self.prob_dropout = nn.Dropout(p=config.dropout_rate)
         self.dropout = nn.Dropout(p=config.dropout_rate)
+        self.scores_matmul = ops.BatchMatMul(transpose_b=True)
+        self.context_matmul = ops.BatchMatMul()
 
     def _heads(self, x):
         b, s, _ = x.shape
         return x.reshape(b, s, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
-    def _attend(self, q, k, v, bias):
-        scores = ops.matmul(q, k.swapaxes(-1, -2))
+    def _context(self, q, k, v, bias):
+        """q [B, n, S, d], k/v [B, n, T, d], bias [B, 1, S, T] -> context [B, n, S, d]."""
+        scores = self.scores_matmul(q, k)
         scores = _cast(scores, ms.float32) * self.scale + bias
         probs = self.prob_dropout(ops.softmax(scores, axis=-1))
-        ctx = ops.matmul(_cast(probs, self.compute_dtype), v)
+        return self.context_matmul(_cast(probs, self.compute_dtype), v)
+
+    def _attend(self, q, k, v, bias):
+        ctx = self._context(q, k, v, bias)
         b, n, s, d = ctx.shape
         ctx = ctx.transpose(0, 2, 1, 3).reshape(b, s, n * d)
         return self.dropout(self.projection(ctx))
@@ -137,15 +146,16 @@ class Attention(nn.Cell):
         return self._attend(q, k, v, bias), k, v
 
     def step(self, query_input, kv_input, bias, slot, k_cache, v_cache):
-        """One new position per row: inputs [B, 1, h]; slot [B, 1, T, 1] one-hot of the cache slot to write;
-        bias [B, 1, 1, T]; caches [B, n, T, d]."""
-        q = self._heads(self.dense1(query_input))
-        k_new = self._heads(self.dense2(kv_input))
-        v_new = self._heads(self.dense3(kv_input))
-        slot = _cast(slot, k_cache.dtype)
-        k_cache = k_cache + (_cast(k_new, k_cache.dtype) - k_cache) * slot
-        v_cache = v_cache + (_cast(v_new, v_cache.dtype) - v_cache) * slot
-        return self._attend(q, k_cache, v_cache, bias), k_cache, v_cache
+        """One new position per row: inputs [B, h]; bias [B, 1, 1, T]; slot [B, 1, T, 1] bool, true at the
+        cache slot this row writes; caches [B, n, T, d]. With one query position no head transposes are needed."""
+        b = query_input.shape[0]
+        shape = (b, self.num_heads, 1, self.head_dim)
+        q = self.dense1(query_input).reshape(shape)
+        k_cache = ops.where(slot, _cast(self.dense2(kv_input), k_cache.dtype).reshape(shape), k_cache)
+        v_cache = ops.where(slot, _cast(self.dense3(kv_input), v_cache.dtype).reshape(shape), v_cache)
+        ctx = self._context(q, _cast(k_cache, self.compute_dtype), _cast(v_cache, self.compute_dtype), bias)
+        out = self.dropout(self.projection(ctx.reshape(b, self.num_heads * self.head_dim)))
+        return out, k_cache, v_cache
 
 
 class Block(nn.Cell):
@@ -228,7 +238,7 @@ class Backbone(nn.Cell):
         return x, keys, values
 
     def step(self, input_ids, position_ids, bias, slot, keys, values):
-        """One token per row: input_ids, position_ids [B, 1]; bias [B, 1, 1, T]; slot [B, 1, T, 1];
+        """One token per row: input_ids, position_ids [B]; bias [B, 1, 1, T]; slot [B, 1, T, 1] bool;
         keys/values: tuples of [B, n, T, d]. The top-query layer uses the true position of each row."""
         x = self._embed(input_ids, position_ids)
         new_keys, new_values = (), ()

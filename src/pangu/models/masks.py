@@ -33,6 +33,6 @@ def decode_bias(lengths: np.ndarray, cache_len: int) -> np.ndarray:
 
 
 def slot_onehot(lengths: np.ndarray, cache_len: int) -> np.ndarray:
-    """One-hot [B, 1, T, 1] of the cache slot each row writes this step (its current length)."""
+    """Boolean one-hot [B, 1, T, 1] of the cache slot each row writes this step (its current length)."""
     slots = np.arange(cache_len)[None, :] == np.asarray(lengths)[:, None]
-    return slots.astype(np.float32)[:, None, :, None]
+    return slots[:, None, :, None]
