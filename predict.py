@@ -1,8 +1,11 @@
-"""Reference-compatible entry point `python predict.py ...` (the reference zoo's argument names)."""
+"""Reference-compatible entry point `python predict.py ...` (the reference zoo's argument names).
+
+The logic lives in `pangu.inference.predict`; `python predict.py --help` lists the arguments.
+"""
 
 import sys
 
-from pangu.entry import not_yet
+from pangu.inference.predict import main
 
 if __name__ == "__main__":
-    sys.exit(not_yet("predict"))
+    sys.exit(main())

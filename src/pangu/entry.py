@@ -6,8 +6,6 @@ import sys
 
 NOT_YET = {
     "train": "train.py is not implemented yet (training milestone). Today: pangu demo, pangu preprocess.",
-    "predict": "predict.py is not implemented yet (inference milestone). Today: pangu generate --model_dir DIR "
-               "--tokenizer_path DIR --prompt TEXT",
     "export": "export.py is not implemented yet (export and serving milestone).",
 }
 

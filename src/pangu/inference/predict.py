@@ -1,0 +1,168 @@
+"""`python predict.py`: the reference zoo's predict script (its argument names and defaults) on saved model folders.
+
+Sampling follows the reference `generate` (MSM `src/generate.py`):
+
+* penalties on the log-probabilities, counting **generated** tokens only:
+  `lp - count * frequency_penalty - (count > 0) * presence_penalty`;
+* `top_p < 1`: nucleus sampling over the 5000 most likely tokens; otherwise top-k with `top_k_num` (3);
+* generation stops when `end_token` (default: the tokenizer's `<eot>`) is drawn; it is not part of the output.
+
+Differences, all documented in docs/evaluation.md: `--load_ckpt_path` is a model directory (config.json +
+weights); `--temperature` (default 1.0, i.e. none) and `--seed` are additions; prompts come from `--prompt`
+or `--input_file`; the KV cache is exact (the reference's incremental quirks are fixed); `--param_init_type`
+defaults to fp32 because the CPU build is the common target here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pangu.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = "今天是一个好天气"
+NUCLEUS_CANDIDATES = 5000  # the reference samples top-p from the 5000 most likely tokens
+
+
+def str2bool(value: str) -> bool:
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    ref = parser.add_argument_group("reference arguments")
+    ref.add_argument("--load_ckpt_path", required=True, help="model directory (config.json + weights)")
+    ref.add_argument("--load_ckpt_name", default=None, help="sub-directory of --load_ckpt_path, when it exists")
+    ref.add_argument("--tokenizer_path", default="./tokenizer_path", help="tokenizer folder or vocabulary file")
+    ref.add_argument("--mode", default="2.6B", help="reference preset name; logged, the model folder decides")
+    ref.add_argument("--use_past", type=str2bool, default=True, help="incremental decoding with the KV cache")
+    ref.add_argument("--top_k_num", type=int, default=3)
+    ref.add_argument("--top_p", type=float, default=1.0)
+    ref.add_argument("--frequency_penalty", type=float, default=1.5)
+    ref.add_argument("--presence_penalty", type=float, default=0.3)
+    ref.add_argument("--max_generate_length", type=int, default=500)
+    ref.add_argument("--end_token", type=int, default=None, help="stop id (default: the tokenizer's <eot>)")
+    ref.add_argument("--param_init_type", choices=["fp16", "fp32"], default="fp32")
+    ref.add_argument("--distribute", type=str2bool, default=False)
+    ref.add_argument("--strategy_load_ckpt_path", default="", help="only for distributed runs (not supported)")
+    ref.add_argument("--device_target", default=None, help="Ascend, GPU or CPU (default: MindSpore's)")
+    ref.add_argument("--device_id", type=int, default=0)
+    ref.add_argument("--run_type", default="predict", choices=["predict"])
+    ref.add_argument("--eval_task", default=None, choices=["c3"], help="run a downstream evaluation instead")
+    ref.add_argument("--eval_data_url", default=None, help="folder with c3-d-dev.json (with --eval_task c3)")
+    extra = parser.add_argument_group("additions")
+    extra.add_argument("--prompt", action="append", help="a prompt (repeatable; default: a fixed sample)")
+    extra.add_argument("--input_file", help="one prompt per line")
+    extra.add_argument("--tokenizer", choices=["pangu-alpha", "gpt2"], help="default: from the model family")
+    extra.add_argument("--temperature", type=float, default=1.0)
+    extra.add_argument("--seed", type=int, default=None, help="fixes the draws (each prompt starts from it)")
+    extra.add_argument("--eval_limit", type=int, default=None, help="with --eval_task: first N questions only")
+
+
+def reference_sampling(top_k_num: int = 3, top_p: float = 1.0, frequency_penalty: float = 1.5,
+                       presence_penalty: float = 0.3, temperature: float = 1.0):
+    """The reference's sampling rule as a `SamplingConfig` (top-p over 5000 candidates, else top-k)."""
+    from pangu.inference.sampling import SamplingConfig
+
+    top_k = NUCLEUS_CANDIDATES if top_p < 1.0 else top_k_num
+    if top_k < 1:
+        raise InputError(f"top_k_num ({top_k_num}) must be at least 1")
+    return SamplingConfig(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p,
+                          frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
+
+
+def predict_ids(model, prompt_ids: list[int], sampling, max_generate_length: int, end_token: int | None,
+                seed: int | None = None, use_past: bool = True) -> list[int]:
+    """Generated ids after `prompt_ids` (the end token, when drawn, is not included)."""
+    room = model.config.max_position_embeddings - len(prompt_ids)
+    if room < 1:
+        raise InputError(f"the prompt has {len(prompt_ids)} tokens; the model reads at most "
+                         f"{model.config.max_position_embeddings - 1} to generate anything")
+    if max_generate_length < 1:
+        raise InputError(f"max_generate_length ({max_generate_length}) must be at least 1")
+    out = model.generate([prompt_ids], max_new_tokens=min(max_generate_length, room), do_sample=sampling.do_sample,
+                         temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                         frequency_penalty=sampling.frequency_penalty, presence_penalty=sampling.presence_penalty,
+                         eos_token_id=end_token, seed=seed, use_cache=use_past)[0]
+    new = out[len(prompt_ids):]
+    if new and end_token is not None and new[-1] == end_token:
+        new = new[:-1]
+    return new
+
+
+def _model_dir(args: argparse.Namespace) -> Path:
+    directory = Path(args.load_ckpt_path)
+    if args.load_ckpt_name and (directory / args.load_ckpt_name).is_dir():
+        directory = directory / args.load_ckpt_name
+    return directory
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.input_file:
+        path = Path(args.input_file)
+        if not path.is_file():
+            raise InputError(f"prompt file {path} does not exist")
+        prompts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return prompts or [DEFAULT_PROMPT]
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.distribute:
+        raise InputError("--distribute=true is not supported by predict.py yet; run with --distribute=false "
+                         "(one device)")
+    if args.strategy_load_ckpt_path:
+        logger.warning("--strategy_load_ckpt_path is ignored on one device")
+    if args.device_target:
+        import mindspore as ms
+
+        ms.set_context(device_target=args.device_target, device_id=args.device_id)
+    from pangu.models import from_pretrained
+    from pangu.tokenizers import load_tokenizer
+
+    model_dir = _model_dir(args)
+    dtype = {"fp16": "float16", "fp32": "float32"}[args.param_init_type]
+    model = from_pretrained(model_dir, dropout_rate=0.0, param_dtype=dtype, compute_dtype=dtype)
+    kind = args.tokenizer or ("gpt2" if model.config.family == "gpt2" else "pangu-alpha")
+    tokenizer = load_tokenizer(kind, args.tokenizer_path)
+    logger.info("model %s (%s, --mode %s)", model_dir, model.config.family, args.mode)
+    if args.eval_task == "c3":
+        if not args.eval_data_url:
+            raise InputError("--eval_task c3 needs --eval_data_url, the folder with c3-d-dev.json")
+        from pangu.evaluation.c3 import evaluate_c3
+
+        result = evaluate_c3(model, tokenizer, args.eval_data_url, limit=args.eval_limit)
+        print({"top1_acc": round(result["top1_acc"], 4)})
+        return 0
+    sampling = reference_sampling(args.top_k_num, args.top_p, args.frequency_penalty, args.presence_penalty,
+                                  args.temperature)
+    end_token = tokenizer.eot_id if args.end_token is None else args.end_token
+    for prompt in _prompts(args):
+        ids = tokenizer.encode(prompt)
+        new = predict_ids(model, ids, sampling, args.max_generate_length, end_token, args.seed, args.use_past)
+        sys.stdout.write(tokenizer.decode(ids + new) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The script's entry: parse, run, and turn a `PanguError` into one line and exit status 2."""
+    from pangu.errors import PanguError
+
+    parser = argparse.ArgumentParser(prog="predict.py", description="Generate text (or run C3) with a saved model, "
+                                     "with the reference predict.py's arguments.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except PanguError as error:
+        print(f"predict.py: error: {error}", file=sys.stderr)
+        return 2
