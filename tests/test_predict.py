@@ -111,3 +111,20 @@ def test_predict_py_help():
     result = subprocess.run([sys.executable, str(REPO_ROOT / "predict.py"), "--help"], capture_output=True,
                             text=True, env={"PYTHONPATH": str(REPO_ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0 and "--top_k_num" in result.stdout and "--frequency_penalty" in result.stdout
+
+
+def test_standalone_predict_launcher(pangu_dir, tmp_path):
+    """Reference positional args: STRATEGY TOKENIZER_DIR CKPT_PATH CKPT_NAME MODE DEVICE_TARGET."""
+    script = REPO_ROOT / "scripts" / "run_standalone_predict.sh"
+    env = {"PYTHONPATH": str(REPO_ROOT / "src"), "PATH": "/usr/bin:/bin", "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(script), "", str(shared_data("pangu_tokenizer")), str(pangu_dir.parent),
+                             pangu_dir.name, "2.6B", "CPU", "--prompt", "你好", "--max_generate_length", "3"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "你好" in (tmp_path / "device0" / "log0.log").read_text(encoding="utf-8")
+
+
+def test_standalone_eval_launcher_usage(tmp_path):
+    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "run_standalone_eval.sh"), "a", "b"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 1 and "TASK_NAME EVAL_DATA_URL" in result.stderr
