@@ -5,6 +5,8 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn, ops
 
+from pangu.models.layers import MASK_VALUE
+
 
 class MaskedCrossEntropy(nn.Cell):
     """loss = sum(mask * NLL) / (sum(mask) + 1e-5) with NLL from an fp32 log-softmax.
@@ -32,8 +34,10 @@ class LanguageModelWithLoss(nn.Cell):
         self.loss = MaskedCrossEntropy()
         self.pad_token_id = model.config.pad_token_id
 
-    def construct(self, input_ids, position_ids, attention_bias):
+    def construct(self, input_ids, position_ids, attention_mask):
+        """input_ids [B, S+1] int32; position_ids [B, S] int32; attention_mask [B, S, S] (1 = attend)."""
         tokens = input_ids[:, :-1]
         labels = input_ids[:, 1:]
-        logits = self.model(tokens, position_ids, attention_bias)
+        bias = (1.0 - ops.cast(attention_mask, ms.float32)) * MASK_VALUE
+        logits = self.model(tokens, position_ids, ops.expand_dims(bias, 1))
         return self.loss(logits, labels, ops.not_equal(tokens, self.pad_token_id))

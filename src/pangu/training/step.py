@@ -1,0 +1,62 @@
+"""One training step with dynamic loss scaling (overflowing steps are skipped) and global-norm clipping.
+
+MindSpore's own `TrainOneStepWithLossScaleCell` checks overflow with an Ascend-only status op on CPU,
+so overflow is detected here from the gradients themselves: the global norm is finite exactly when
+every gradient is.
+"""
+
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.context import ParallelMode
+
+LOSS_SCALE_INIT = 2.0 ** 32
+LOSS_SCALE_FACTOR = 2
+LOSS_SCALE_WINDOW = 1000
+
+
+def dynamic_loss_scale(initial: float = LOSS_SCALE_INIT) -> nn.DynamicLossScaleUpdateCell:
+    return nn.DynamicLossScaleUpdateCell(loss_scale_value=initial, scale_factor=LOSS_SCALE_FACTOR,
+                                         scale_window=LOSS_SCALE_WINDOW)
+
+
+class TrainOneStep(nn.Cell):
+    """network(*inputs) -> loss; returns (loss, overflow, loss_scale, global_norm).
+
+    Gradients are unscaled, clipped to `clip_norm` by their global norm (grads * clip / max(norm, clip)),
+    and applied only when none overflowed; the loss scale halves on overflow and doubles after
+    `LOSS_SCALE_WINDOW` good steps. Under data parallelism the gradients are averaged across ranks first.
+    """
+
+    def __init__(self, network, optimizer, scale_update_cell, clip_norm: float = 1.0) -> None:
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.network.set_grad()
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.scale_update = scale_update_cell
+        self.scale_sense = Parameter(Tensor(scale_update_cell.get_loss_scale(), ms.float32), name="scale_sense")
+        self.clip_norm = clip_norm
+        mode = ms.get_auto_parallel_context("parallel_mode")
+        self.reducer = None
+        if mode in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL):
+            self.reducer = nn.DistributedGradReducer(self.weights, mean=True)
+
+    def construct(self, *inputs):
+        loss = self.network(*inputs)
+        scale = self.scale_sense * 1.0
+        sens = ops.ones_like(loss) * ops.cast(scale, loss.dtype)
+        grads = self.grad(self.network, self.weights)(*inputs, sens)
+        if self.reducer is not None:
+            grads = self.reducer(grads)
+        grads = tuple(g / ops.cast(scale, g.dtype) for g in grads)
+        global_norm = ops.sqrt(ops.addn([ops.reduce_sum(ops.square(ops.cast(g, ms.float32))) for g in grads]))
+        overflow = ops.logical_not(ops.isfinite(global_norm))
+        overflow = self.scale_update(self.scale_sense, overflow)
+        factor = self.clip_norm / ops.maximum(global_norm, self.clip_norm)
+        grads = tuple(g * ops.cast(factor, g.dtype) for g in grads)
+        if not overflow:
+            self.optimizer(grads)
+        return loss, overflow, scale, global_norm
