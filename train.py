@@ -1,8 +1,8 @@
-"""Reference-compatible entry point `python train.py ...` (the reference zoo's argument names)."""
+"""Reference-compatible training entry point: `python train.py --data_url DIR --per_batch_size N ...`."""
 
 import sys
 
-from pangu.entry import not_yet
+from pangu.cli import main
 
 if __name__ == "__main__":
-    sys.exit(not_yet("train"))
+    sys.exit(main(["train", *sys.argv[1:]]))

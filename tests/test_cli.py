@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -17,15 +18,16 @@ def test_presets_lists_counts(capsys):
     assert "gpt2" in out and "124,439,808" in out and "pangu_alpha_2.6b" in out
 
 
-def test_demo_builds_saves_and_generates(tmp_path, capsys):
+def test_demo_preprocesses_trains_and_generates(tmp_path, capsys):
     tokenizer_dir = shared_data("pangu_tokenizer")
-    code = main(["demo", "--tokenizer_dir", str(tokenizer_dir), "--output_dir", str(tmp_path / "m"),
-                 "--max_new_tokens", "8"])
+    code = main(["demo", "--tokenizer_dir", str(tokenizer_dir), "--output_dir", str(tmp_path), "--steps", "40",
+                 "--max_new_tokens", "12"])
     out = capsys.readouterr().out
-    assert code == 0
-    assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "model.safetensors").is_file()
-    assert "prompt ids: [96, 11, 6539, 16, 263" in out  # 中国的首都是北京 (known-good ids)
-    assert "text: 中国的首都是北京，" in out
+    assert code == 0, out
+    assert (tmp_path / "model" / "config.json").is_file() and (tmp_path / "loss.png").stat().st_size > 1000
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "checkpoints" / "train_log.jsonl").open()]
+    assert len(losses) == 40 and losses[-1] < losses[0] - 3.0
+    assert "output: 春天来了，" in out
 
 
 def test_demo_without_tokenizer_says_how_to_fetch(tmp_path, capsys):

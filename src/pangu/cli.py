@@ -17,6 +17,8 @@ from pangu.errors import PanguError
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pangu.demo", "build (or train) a small model and generate from a prompt"),
+    "train": ("pangu.training.cli", "train or continue training a model (the reference train.py arguments)"),
+    "plot-log": ("pangu.training.plot", "draw the loss curve of a training log (JSON lines) to PNG"),
     "generate": ("pangu.inference.cli", "generate text from a saved model directory"),
     "eval": ("pangu.evaluation.cli", "C3 zero-shot accuracy or WikiText perplexity of a saved model"),
     "preprocess": ("pangu.data.preprocess", "turn raw text into MindRecord or Megatron training data"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 NOT_YET = {
-    "train": "train.py is not implemented yet (training milestone). Today: pangu demo, pangu preprocess.",
     "export": "export.py is not implemented yet (export and serving milestone).",
 }
 

@@ -186,7 +186,7 @@ def create_dataset(batch_size: int, data_path: str | Path | list, device_num: in
                             f"(data_start_index {data_start_index})")
         sampler = ds.SubsetSampler(order.tolist())
         dataset = ds.MindDataset(paths, columns_list=[column_name], sampler=sampler)
-    logger.info("dataset: %d samples for rank %d/%d from %s", len(order), rank, device_num, data_path)
+    logger.debug("dataset: %d samples for rank %d/%d from %s", len(order), rank, device_num, data_path)
     dataset = dataset.batch(batch_size, drop_remainder=drop)
     return dataset.map(operations=BatchTransform(eod_id, pad_id, eod_reset), input_columns=[column_name],
                        output_columns=OUTPUT_COLUMNS, num_parallel_workers=num_parallel_workers)

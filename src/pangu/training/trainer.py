@@ -52,6 +52,8 @@ class TrainSettings:
     log_file: str | None = None
     log_every: int = 1
     peak_gflops: float = DEFAULT_PEAK_GFLOPS
+    rank: int = 0
+    rank_size: int = 1
 
 
 def flops_per_token(config, seq_length: int) -> float:
@@ -62,7 +64,8 @@ def flops_per_token(config, seq_length: int) -> float:
 def _dataset(settings: TrainSettings, model, samples_seen: int, epoch: int):
     from pangu.data.dataset import create_dataset
 
-    return create_dataset(settings.per_batch_size, settings.data_path, data_start_index=samples_seen,
+    return create_dataset(settings.per_batch_size, settings.data_path, device_num=settings.rank_size,
+                          rank=settings.rank, data_start_index=samples_seen,
                           eod_reset=settings.eod_reset, eod_id=settings.eod_id, seed=settings.seed + epoch,
                           seq_length=model.config.max_position_embeddings)
 
@@ -92,7 +95,8 @@ def train(model, settings: TrainSettings) -> list[dict]:
     steps_per_epoch = first.get_dataset_size()
     if steps_per_epoch == 0:
         raise DataError(f"{settings.data_path} holds fewer samples than one batch of {settings.per_batch_size}")
-    samples_per_epoch = steps_per_epoch * settings.per_batch_size
+    global_batch = settings.per_batch_size * settings.rank_size
+    samples_per_epoch = steps_per_epoch * global_batch
     total_steps = settings.max_steps or settings.epochs * steps_per_epoch
     seq_length = model.config.max_position_embeddings
     tokens_per_step = settings.per_batch_size * seq_length
@@ -113,7 +117,7 @@ def train(model, settings: TrainSettings) -> list[dict]:
                 loss_value = float(loss.asnumpy())
                 elapsed = time.perf_counter() - start
                 step += 1
-                samples_seen += settings.per_batch_size
+                samples_seen += global_batch
                 record = {
                     "step": step, "epoch": epoch, "loss": loss_value,
                     "lr": learning_rate_at(step - 1, settings.start_lr, settings.end_lr, settings.warmup_steps,
@@ -129,7 +133,8 @@ def train(model, settings: TrainSettings) -> list[dict]:
                     log.info("step %d loss %.4f lr %.3g scale %.3g overflow %s tokens/s %.0f mfu %.1f%%", step,
                              loss_value, record["lr"], record["loss_scale"], record["overflow"],
                              record["tokens_per_s"], 100 * record["mfu"])
-                if settings.save_steps and (step % settings.save_steps == 0 or step == total_steps):
+                if settings.save_steps and settings.rank == 0 and (step % settings.save_steps == 0
+                                                                   or step == total_steps):
                     save_training_checkpoint(train_cell, save_dir, settings.prefix, step, samples_seen,
                                              settings.keep_checkpoints)
                 if step >= total_steps:
