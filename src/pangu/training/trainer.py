@@ -76,6 +76,8 @@ def train(model, settings: TrainSettings) -> list[dict]:
     if settings.per_batch_size < 1:
         raise ConfigError("--per_batch_size must be at least 1")
     save_dir = Path(settings.save_dir)
+    if settings.rank_size > 1:  # every rank keeps its own checkpoints, as the reference's rank_{i} folders
+        save_dir = save_dir / f"rank_{settings.rank}"
     network = LanguageModelWithLoss(model)
     lr = WarmupCosineLR(settings.start_lr, settings.end_lr, settings.warmup_steps, settings.decay_steps)
     optimizer = build_optimizer(model.trainable_params(), settings.optimizer, lr)
@@ -133,8 +135,7 @@ def train(model, settings: TrainSettings) -> list[dict]:
                     log.info("step %d loss %.4f lr %.3g scale %.3g overflow %s tokens/s %.0f mfu %.1f%%", step,
                              loss_value, record["lr"], record["loss_scale"], record["overflow"],
                              record["tokens_per_s"], 100 * record["mfu"])
-                if settings.save_steps and settings.rank == 0 and (step % settings.save_steps == 0
-                                                                   or step == total_steps):
+                if settings.save_steps and (step % settings.save_steps == 0 or step == total_steps):
                     save_training_checkpoint(train_cell, save_dir, settings.prefix, step, samples_seen,
                                              settings.keep_checkpoints)
                 if step >= total_steps:
