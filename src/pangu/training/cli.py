@@ -75,6 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     par.add_argument("--word_emb_dp", type=int, choices=[0, 1], default=1)
     par.add_argument("--full_batch", type=int, choices=[0, 1], default=0)
     par.add_argument("--sink_size", type=int, default=2, help="accepted for compatibility (steps run one by one)")
+    par.add_argument("--strategy_load_ckpt_path", default="",
+                     help="accepted for compatibility; sharded strategies arrive with the parallel milestone")
     par.add_argument("--run_type", default="train", choices=["train"])
 
 

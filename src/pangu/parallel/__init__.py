@@ -1,0 +1,1 @@
+"""Device placement: rank tables today; strategy tables, pipeline assignment and dry runs next."""

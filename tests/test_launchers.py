@@ -1,0 +1,64 @@
+"""Launch scripts and the rank-table tools."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+from pangu.errors import ConfigError
+from pangu.parallel.rank_table import merge_rank_tables, parse_device_range
+
+SCRIPTS = sorted((REPO_ROOT / "scripts").glob("*.sh"))
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_launchers_are_shellcheck_clean():
+    result = subprocess.run(["shellcheck", *map(str, SCRIPTS)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_launchers_print_usage_without_arguments(script, tmp_path):
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1 and "Usage: bash" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hccl_tools_writes_the_reference_schema(tmp_path):
+    conf = tmp_path / "hccn.conf"
+    conf.write_text("".join(f"address_{i}=192.98.92.{100 + i}\nnetmask_{i}=255.255.255.0\n" for i in range(8)))
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "hccl_tools.py"), "--device_num", "[0,8)",
+                             "--server_ip", "10.0.0.1", "--hccn_conf", str(conf), "--out_dir", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    table = json.loads((tmp_path / "hccl_8p_01234567_10.0.0.1.json").read_text())
+    assert table["version"] == "1.0" and table["server_count"] == "1" and table["status"] == "completed"
+    server = table["server_list"][0]
+    assert server["server_id"] == "10.0.0.1" and server["host_nic_ip"] == "reserve"
+    assert server["device"][3] == {"device_id": "3", "device_ip": "192.98.92.103", "rank_id": "3"}
+
+
+def test_merge_renumbers_ranks_in_order():
+    one = {"version": "1.0", "server_count": "1", "status": "completed", "server_list": [
+        {"server_id": "a", "host_nic_ip": "reserve",
+         "device": [{"device_id": str(i), "device_ip": f"1.1.1.{i}", "rank_id": str(i)} for i in range(2)]}]}
+    two = json.loads(json.dumps(one).replace('"a"', '"b"'))
+    merged = merge_rank_tables([one, two])
+    assert merged["server_count"] == "2"
+    assert [d["rank_id"] for s in merged["server_list"] for d in s["device"]] == ["0", "1", "2", "3"]
+    assert merged["server_list"][1]["server_id"] == "b"
+
+
+@pytest.mark.parametrize("text,ok", [("[0,8)", True), ("[0,4)", True), ("[4,8)", True), ("[2,4)", True),
+                                     ("[2,6)", False), ("[0,9)", False), ("0-8", False)])
+def test_device_range_rule(text, ok):
+    if ok:
+        assert parse_device_range(text)
+    else:
+        with pytest.raises(ConfigError):
+            parse_device_range(text)
