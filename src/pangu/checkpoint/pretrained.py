@@ -29,6 +29,13 @@ def _read_config(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{directory} is not a directory; pass the folder holding config.json")
     config_file = directory / CONFIG_NAME
     if not config_file.is_file():
+        from pangu.checkpoint.released import is_released_layout
+
+        if is_released_layout(directory):
+            raise CheckpointError(
+                f"{directory} holds a released PanGu-alpha checkpoint (per-rank slices, no {CONFIG_NAME}); load it "
+                "with pangu.checkpoint.released.load_released_checkpoint(directory, preset_name)"
+            )
         raise CheckpointError(f"{directory} has no {CONFIG_NAME}; is it a saved model directory?")
     try:
         return json.loads(config_file.read_text(encoding="utf-8"))
