@@ -64,10 +64,12 @@ class IncrementalDecoder:
         self.model = model
         self.config = model.config
 
-    def prefill(self, prompts: list[np.ndarray], cache_len: int) -> tuple[np.ndarray, DecodeState]:
-        """Run the prompts; return the logits of each row's next token [B, V] and the state."""
+    def prefill(self, prompts: list[np.ndarray], cache_len: int | None = None) -> tuple[np.ndarray, DecodeState]:
+        """Run the prompts; return the logits of each row's next token [B, V] and the state, whose cache holds
+        `cache_len` positions (default: just the padded prompts)."""
         lengths = np.array([len(p) for p in prompts])
         bucket = min(_round_up(int(lengths.max()), PREFILL_BUCKET), self.config.max_position_embeddings)
+        cache_len = bucket if cache_len is None else cache_len
         if cache_len < bucket:
             raise InputError(f"cache length {cache_len} is shorter than the padded prompts ({bucket})")
         ids = np.full((len(prompts), bucket), self.config.pad_token_id, dtype=np.int32)
@@ -104,15 +106,10 @@ class IncrementalDecoder:
 
 
 def _recompute_logits(model, sequences: list[list[int]]) -> np.ndarray:
-    """Next-token logits by full recomputation (no cache), right-padded to a bucket to limit recompiles."""
-    lengths = np.array([len(s) for s in sequences])
-    bucket = min(_round_up(int(lengths.max()), PREFILL_BUCKET), model.config.max_position_embeddings)
-    ids = np.full((len(sequences), bucket), model.config.pad_token_id, dtype=np.int64)
-    for row, seq in enumerate(sequences):
-        ids[row, :len(seq)] = seq
-    padding = np.arange(bucket)[None, :] < lengths[:, None]
-    logits = model.forward_logits(ids, attention_mask=padding)
-    return logits[np.arange(len(sequences)), lengths - 1]
+    """Next-token logits by full recomputation (no cache kept): the prefill graph, which applies the head to
+    each row's last position only (full-sequence logits would cost B x S x V floats)."""
+    logits, _ = IncrementalDecoder(model).prefill([np.asarray(s) for s in sequences])
+    return logits
 
 
 def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = False, temperature: float = 1.0,

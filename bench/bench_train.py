@@ -1,0 +1,124 @@
+"""GPT-2 small training-step speed and MFU: this project vs transformers + PyTorch eager, same batch.
+
+Batch 8 x 128 tokens, fp32, AdamW-style optimizer with global-norm clipping on both sides, dropout off
+on both sides. Also measures the machine's fp32 GEMM peak (2048^3 MatMul) in MindSpore and PyTorch;
+MFU = (6 N + 12 L h S) * tokens/s / peak, with the higher measured peak.
+
+    python bench/bench_train.py [--steps 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def gemm_peak_gflops(size: int = 2048, repeats: int = 5) -> dict[str, float]:
+    import mindspore as ms
+    import torch
+    from mindspore import nn, ops
+
+    from pangu.runtime import use_graph_mode
+
+    use_graph_mode()
+
+    class Gemm(nn.Cell):
+        def construct(self, a, b):
+            return ops.matmul(a, b)
+
+    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    gemm, ta, tb = Gemm(), ms.Tensor(a), ms.Tensor(a)
+    gemm(ta, tb).asnumpy()
+    ms_time = min(_time(lambda: gemm(ta, tb).asnumpy()) for _ in range(repeats))
+    pa = torch.from_numpy(a)
+    torch.mm(pa, pa)
+    torch_time = min(_time(lambda: torch.mm(pa, pa)) for _ in range(repeats))
+    flops = 2.0 * size ** 3
+    return {"mindspore_gflops": flops / ms_time / 1e9, "torch_gflops": flops / torch_time / 1e9}
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+
+    import mindspore as ms
+    import torch
+    import transformers
+
+    from pangu.config import get_preset
+    from pangu.models import build_model
+    from pangu.models.loss import LanguageModelWithLoss
+    from pangu.runtime import use_graph_mode
+    from pangu.training.optimizer import build_optimizer
+    from pangu.training.step import TrainOneStep, dynamic_loss_scale
+    from pangu.training.trainer import flops_per_token
+
+    results = gemm_peak_gflops()
+    b, s = args.batch, args.seq
+    ids = np.random.default_rng(0).integers(0, 50257, size=(b, s + 1)).astype(np.int32)
+    tokens = b * s
+
+    use_graph_mode()
+    ms.set_seed(0)
+    config = get_preset("gpt2", dropout_rate=0.0, max_position_embeddings=1024)
+    model = build_model(config)
+    cell = TrainOneStep(LanguageModelWithLoss(model), build_optimizer(model.trainable_params(), "adam", 1e-4),
+                        dynamic_loss_scale())
+    cell.set_train(True)
+    inputs = (ms.Tensor(ids), ms.Tensor(np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy()),
+              ms.Tensor(np.broadcast_to(np.tril(np.ones((s, s), np.int8)), (b, s, s)).copy()))
+    start = time.perf_counter()
+    cell(*inputs)[0].asnumpy()
+    results["ours_compile_s"] = time.perf_counter() - start
+    ours = statistics.median(_time(lambda: cell(*inputs)[0].asnumpy()) for _ in range(args.steps))
+
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    hf.train()
+    optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    batch = torch.from_numpy(ids.astype(np.int64))
+
+    def torch_step():
+        loss = hf(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    torch_step()
+    theirs = statistics.median(_time(torch_step) for _ in range(args.steps))
+
+    peak = max(results["mindspore_gflops"], results["torch_gflops"]) * 1e9
+    per_token = flops_per_token(config, s)
+    results.update(ours_tok_s=tokens / ours, torch_tok_s=tokens / theirs, ratio=theirs / ours,
+                   ours_mfu=per_token * tokens / ours / peak, torch_mfu=per_token * tokens / theirs / peak)
+    print(f"fp32 GEMM 2048^3: MindSpore {results['mindspore_gflops']:.0f} GFLOP/s, "
+          f"PyTorch {results['torch_gflops']:.0f} GFLOP/s")
+    print(f"GPT-2 small train step, batch {b} x {s}, fp32 (compile {results['ours_compile_s']:.1f} s)")
+    print(f"{'':<16}{'tokens/s':>10}{'MFU':>8}")
+    print(f"{'this project':<16}{results['ours_tok_s']:>10.1f}{100 * results['ours_mfu']:>7.1f}%")
+    print(f"{'PyTorch eager':<16}{results['torch_tok_s']:>10.1f}{100 * results['torch_mfu']:>7.1f}%")
+    print(f"ratio (this project / PyTorch): {results['ratio']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
