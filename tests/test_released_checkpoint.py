@@ -224,3 +224,27 @@ def test_strategy_with_other_split_gives_shape_mismatch(released, copy):
     with pytest.raises(CheckpointError, match=r"shape mismatch for backbone\.blocks\.1\.output\.mapping\.weight: "
                                               r".* has \(128, 128\), the model config expects \(64, 256\)"):
         load_released_checkpoint(copy, "pangu_alpha_tiny", **PRESET)
+
+
+def test_predict_loader_takes_the_released_layout(released):
+    from pangu.inference.predict import load_model
+
+    model, _, root = released
+    loaded = load_model(root, "pangu_alpha_tiny", None, **PRESET)
+    ids = np.arange(1, 17)[None, :]
+    assert np.abs(loaded.forward_logits(ids) - model.forward_logits(ids)).max() <= 1e-6
+
+
+def test_predict_loader_takes_a_mindformers_named_file(released, tmp_path):
+    from pangu.checkpoint.io import save_weights
+    from pangu.inference.predict import load_model
+
+    model, weights, _ = released
+    renamed = {name.replace("backbone.word_embedding", "backbone.embedding.word_embedding")
+               .replace("backbone.position_embedding", "backbone.embedding.position_embedding"): value
+               for name, value in weights.items()}
+    renamed["adam_m.backbone.layernorm.gamma"] = weights["backbone.layernorm.gamma"]
+    save_weights(renamed, tmp_path / "pangu.ckpt")
+    loaded = load_model(tmp_path / "pangu.ckpt", "pangu_alpha_tiny", None, **PRESET)
+    ids = np.arange(1, 17)[None, :]
+    assert np.abs(loaded.forward_logits(ids) - model.forward_logits(ids)).max() <= 1e-6

@@ -38,7 +38,9 @@ def str2bool(value: str) -> bool:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     ref = parser.add_argument_group("reference arguments")
-    ref.add_argument("--load_ckpt_path", required=True, help="model directory (config.json + weights)")
+    ref.add_argument("--load_ckpt_path", required=True,
+                     help="model directory (config.json + weights), released PanGu-alpha folder (slices + "
+                          "strategy + .npy; shaped by --mode) or a mindformers-named .ckpt file (shaped by --mode)")
     ref.add_argument("--load_ckpt_name", default=None, help="sub-directory of --load_ckpt_path, when it exists")
     ref.add_argument("--tokenizer_path", default="./tokenizer_path", help="tokenizer folder or vocabulary file")
     ref.add_argument("--mode", default="2.6B", help="reference preset name; logged, the model folder decides")
@@ -51,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ref.add_argument("--end_token", type=int, default=None, help="stop id (default: the tokenizer's <eot>)")
     ref.add_argument("--param_init_type", choices=["fp16", "fp32"], default="fp32")
     ref.add_argument("--distribute", type=str2bool, default=False)
-    ref.add_argument("--strategy_load_ckpt_path", default="", help="only for distributed runs (not supported)")
+    ref.add_argument("--strategy_load_ckpt_path", default="",
+                     help="strategy file of released slices (default: found in the checkpoint folder)")
     ref.add_argument("--device_target", default=None, help="Ascend, GPU or CPU (default: MindSpore's)")
     ref.add_argument("--device_id", type=int, default=0)
     ref.add_argument("--run_type", default="predict", choices=["predict"])
@@ -104,6 +107,24 @@ def _model_dir(args: argparse.Namespace) -> Path:
     return directory
 
 
+def load_model(path: Path, mode: str, strategy_file: str | None, **overrides):
+    """A model from any layout predict.py accepts: a model directory (ours or Hugging Face GPT-2), the
+    released PanGu-alpha layout (slices + strategy + .npy embeddings, shaped by `mode`), or a single
+    mindformers-named .ckpt file (shaped by `mode`)."""
+    from pangu.checkpoint.io import load_weights
+    from pangu.checkpoint.mindformers import state_from_mindformers
+    from pangu.checkpoint.released import is_released_layout, load_released_checkpoint
+    from pangu.models import build_model, from_pretrained
+
+    if path.is_file() and path.suffix == ".ckpt":
+        model = build_model(mode, **overrides)
+        model.load_state_dict(state_from_mindformers(load_weights(path)))
+        return model
+    if path.is_dir() and not (path / "config.json").exists() and is_released_layout(path):
+        return load_released_checkpoint(path, mode, strategy_file=strategy_file, **overrides)
+    return from_pretrained(path, **overrides)
+
+
 def _prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt or [])
     if args.input_file:
@@ -118,18 +139,16 @@ def run(args: argparse.Namespace) -> int:
     if args.distribute:
         raise InputError("--distribute=true is not supported by predict.py yet; run with --distribute=false "
                          "(one device)")
-    if args.strategy_load_ckpt_path:
-        logger.warning("--strategy_load_ckpt_path is ignored on one device")
     if args.device_target:
         import mindspore as ms
 
         ms.set_context(device_target=args.device_target, device_id=args.device_id)
-    from pangu.models import from_pretrained
     from pangu.tokenizers import load_tokenizer
 
     model_dir = _model_dir(args)
     dtype = {"fp16": "float16", "fp32": "float32"}[args.param_init_type]
-    model = from_pretrained(model_dir, dropout_rate=0.0, param_dtype=dtype, compute_dtype=dtype)
+    model = load_model(model_dir, args.mode, args.strategy_load_ckpt_path or None,
+                       dropout_rate=0.0, param_dtype=dtype, compute_dtype=dtype)
     kind = args.tokenizer or ("gpt2" if model.config.family == "gpt2" else "pangu-alpha")
     tokenizer = load_tokenizer(kind, args.tokenizer_path)
     logger.info("model %s (%s, --mode %s)", model_dir, model.config.family, args.mode)
