@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--new_tokens", type=int, default=16)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--c3_questions", type=int, default=50)
     parser.add_argument("--json")
     args = parser.parse_args(argv)
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
         hf.save_pretrained(tmp)
         ours = from_pretrained(tmp)
     n, rows = args.new_tokens, []
-    for batch in (1, 8):
+    for batch in args.batches:
         prompt = np.random.default_rng(batch).integers(0, 50257, size=(batch, args.context))
         cached = _timed(lambda p=prompt: ours.generate(p, max_new_tokens=n))
         uncached = _timed(lambda p=prompt: ours.generate(p, max_new_tokens=n, use_cache=False))
