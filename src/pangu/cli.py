@@ -42,22 +42,41 @@ def _module(name: str):
     return importlib.import_module(name)
 
 
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _execute(label: str, module, args: argparse.Namespace) -> int:
+    """Run a command module; a `PanguError` becomes one line on stderr and exit status 2."""
+    try:
+        return int(module.run(args) or 0)
+    except PanguError as error:
+        print(f"{label}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{label}: interrupted", file=sys.stderr)
+        return 130
+
+
+def run_command(module_name: str, prog: str, argv: list[str] | None = None, description: str | None = None) -> int:
+    """Entry point of a script that runs one command module (`python -m pangu.data.preprocess`, predict.py)."""
+    module = _module(module_name)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    _setup_logging()
+    return _execute(prog, module, args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logging(args.verbose)
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2
-    try:
-        return int(_module(args._module).run(args) or 0)
-    except PanguError as error:
-        print(f"pangu {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"pangu {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return _execute(f"pangu {args.command}", _module(args._module), args)
 
 
 if __name__ == "__main__":

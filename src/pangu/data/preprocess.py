@@ -23,7 +23,7 @@ from pathlib import Path
 from pangu.data.corpus import DATASET_TYPES, find_input_files, read_utf8, split_documents
 from pangu.data.packing import SequencePacker
 from pangu.data.staging import StagingDir
-from pangu.errors import ConfigError, DataError, InputError, PanguError
+from pangu.errors import ConfigError, DataError, InputError
 from pangu.tokenizers import canonical_kind, load_tokenizer
 from pangu.tokenizers.base import Tokenizer
 
@@ -208,15 +208,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m pangu.data.preprocess`: same options and exit codes as `pangu preprocess`."""
-    parser = argparse.ArgumentParser(prog="python -m pangu.data.preprocess", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except PanguError as error:
-        print(f"preprocess: error: {error}", file=sys.stderr)
-        return 2
+    from pangu.cli import run_command
+
+    return run_command(__name__, "python -m pangu.data.preprocess", argv, __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
 
 
-def read_prompts(args: argparse.Namespace) -> list[str]:
+def read_prompts(args: argparse.Namespace, default: str | None = None) -> list[str]:
+    """Prompts from --prompt (repeatable) and --input_file (one per line); `default` when there are none."""
     from pangu.errors import InputError
 
     prompts = list(args.prompt or [])
@@ -30,6 +31,8 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         if not path.is_file():
             raise InputError(f"prompt file {path} does not exist")
         prompts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts and default is not None:
+        return [default]
     if not prompts:
         raise InputError("give at least one --prompt or an --input_file")
     return prompts

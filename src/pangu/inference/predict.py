@@ -126,13 +126,9 @@ def load_model(path: Path, mode: str, strategy_file: str | None, **overrides):
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
-    prompts = list(args.prompt or [])
-    if args.input_file:
-        path = Path(args.input_file)
-        if not path.is_file():
-            raise InputError(f"prompt file {path} does not exist")
-        prompts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return prompts or [DEFAULT_PROMPT]
+    from pangu.inference.cli import read_prompts
+
+    return read_prompts(args, default=DEFAULT_PROMPT)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -173,15 +169,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """The script's entry: parse, run, and turn a `PanguError` into one line and exit status 2."""
-    from pangu.errors import PanguError
+    from pangu.cli import run_command
 
-    parser = argparse.ArgumentParser(prog="predict.py", description="Generate text (or run C3) with a saved model, "
-                                     "with the reference predict.py's arguments.")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except PanguError as error:
-        print(f"predict.py: error: {error}", file=sys.stderr)
-        return 2
+    return run_command(__name__, "predict.py", argv, "Generate text (or run C3) with a saved model, with the "
+                       "reference predict.py's arguments.")
+

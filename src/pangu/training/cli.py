@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     data_path = Path(args.data_url)
     if not data_path.exists():
         raise ConfigError(f"--data_url {data_path} does not exist; create it with `pangu preprocess`")
-    ms.set_device(args.device_target)
+    if ms.get_context("device_target") != args.device_target:  # setting it again after start-up is an error
+        ms.set_device(args.device_target)
     rank, rank_size = 0, 1
     if args.distribute:
         from mindspore.communication import get_group_size, get_rank, init
