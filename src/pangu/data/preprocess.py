@@ -182,7 +182,7 @@ def preprocess(args: argparse.Namespace) -> PreprocessSummary:
         staging.discard()
         raise
     summary.seconds = time.perf_counter() - started
-    logger.info("preprocess: %s", summary.line())
+    logger.debug("preprocess: %s", summary.line())  # run() prints it for people
     return summary
 
 
