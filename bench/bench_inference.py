@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,15 +38,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    import transformers
+    from common import gpt2_small_pair
 
-    from pangu.checkpoint.pretrained import from_pretrained
-
-    torch.manual_seed(0)
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(tmp)
-        ours = from_pretrained(tmp)
+    hf, ours = gpt2_small_pair()
     n, rows = args.new_tokens, []
     for batch in args.batches:
         prompt = np.random.default_rng(batch).integers(0, 50257, size=(batch, args.context))

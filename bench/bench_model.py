@@ -13,7 +13,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -39,15 +38,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    import transformers
+    from common import gpt2_small_pair
 
-    from pangu.checkpoint.pretrained import from_pretrained
-
-    torch.manual_seed(0)
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(tmp)
-        ours = from_pretrained(tmp)
+    hf, ours = gpt2_small_pair()
 
     rng = np.random.default_rng(0)
     fwd_ids = rng.integers(0, 50257, size=(args.forward_batch, args.forward_seq))

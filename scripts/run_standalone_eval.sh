@@ -9,23 +9,10 @@ if [ $# -lt 8 ]; then
     echo "Usage: bash $0 STRATEGY TOKENIZER CKPT_PATH CKPT_NAME MODE DEVICE_TARGET TASK_NAME EVAL_DATA_URL" >&2
     exit 1
 fi
-STRATEGY=$1
-TOKENIZER=$2
-CKPT_PATH=$3
-CKPT_NAME=$4
-MODE=$5
-DEVICE_TARGET=$6
 TASK_NAME=$7
 EVAL_DATA_URL=$8
+PREDICT_ARGS=("${@:1:6}")
 shift 8
-if [ "$DEVICE_TARGET" = "CPU" ]; then
-    PARAM_INIT_TYPE=${PARAM_INIT_TYPE:-fp32}
-else
-    PARAM_INIT_TYPE=${PARAM_INIT_TYPE:-fp16}
-fi
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p device0
-"${PYTHON:-python}" "$ROOT/predict.py" --strategy_load_ckpt_path="$STRATEGY" --tokenizer_path="$TOKENIZER" \
-    --load_ckpt_path="$CKPT_PATH" --load_ckpt_name="$CKPT_NAME" --mode="$MODE" --run_type=predict \
-    --param_init_type="$PARAM_INIT_TYPE" --distribute=false --device_target="$DEVICE_TARGET" \
-    --eval_task="$TASK_NAME" --eval_data_url="$EVAL_DATA_URL" "$@" 2>&1 | tee device0/log0.log
+# the same run as run_standalone_predict.sh, with the evaluation task added
+exec bash "$(dirname "$0")/run_standalone_predict.sh" "${PREDICT_ARGS[@]}" --eval_task="$TASK_NAME" \
+    --eval_data_url="$EVAL_DATA_URL" "$@"

@@ -1,0 +1,20 @@
+"""Helpers shared by the benchmarks (run them as `python bench/<name>.py`, which puts this folder on the path)."""
+
+from __future__ import annotations
+
+import tempfile
+
+
+def gpt2_small_pair():
+    """(transformers GPT2LMHeadModel in eval mode, this project's model with the same random weights)."""
+    import torch
+    import transformers
+
+    from pangu.checkpoint.pretrained import from_pretrained
+
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = from_pretrained(tmp)
+    return hf, ours
