@@ -91,3 +91,15 @@ def test_sequence_longer_than_position_table(tiny_gpt2):
         tiny_gpt2.forward_logits(np.zeros((1, 129), dtype=np.int64))
     with pytest.raises(InputError, match="exceeds the position table"):
         tiny_gpt2.generate([[1] * 100], max_new_tokens=40)
+
+
+def test_bfloat16_parameters_run_and_round_trip(tiny_gpt2, tmp_path):
+    tiny_gpt2.save_pretrained(tmp_path)
+    bf16 = from_pretrained(tmp_path, param_dtype="bfloat16")
+    params = dict(bf16.parameters_and_names())
+    assert str(params["backbone.blocks.0.attention.dense1.weight"].dtype) == "BFloat16"
+    assert str(params["backbone.word_embedding.embedding_table"].dtype) == "Float32"  # tables stay fp32
+    ids = np.arange(16)[None, :]
+    assert np.abs(bf16.forward_logits(ids) - tiny_gpt2.forward_logits(ids)).max() < 5e-2
+    bf16.save_pretrained(tmp_path / "again")
+    assert from_pretrained(tmp_path / "again").config.param_dtype == "bfloat16"

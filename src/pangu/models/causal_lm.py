@@ -106,9 +106,8 @@ class CausalLM(nn.Cell):
         """Parameters as `{released name: fp32/fp16 NumPy array}` (bf16 is widened to fp32)."""
         out = {}
         for name, param in self.parameters_and_names():
-            value = param.value()
-            if value.dtype == ms.bfloat16:
-                value = value.astype(ms.float32)
+            # NumPy has no bf16 (and CPU has no bf16 Identity kernel): cast straight from the parameter
+            value = ms.ops.cast(param, ms.float32) if param.dtype == ms.bfloat16 else param.value()
             out[name] = value.asnumpy()
         return out
 

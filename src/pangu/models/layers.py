@@ -203,13 +203,15 @@ class Backbone(nn.Cell):
         super().__init__()
         dtype = ms_dtype(config.param_dtype)
         h, std = config.hidden_size, config.initializer_range
-        self.word_embedding = Embedding(config.vocab_size, h, Normal(std), dtype)
-        self.position_embedding = Embedding(config.max_position_embeddings, h, TruncatedNormal(std), dtype)
+        # embedding tables stay fp32 whatever param_dtype says, as in the reference (and CPU Gather has no bf16)
+        table = ms.float32
+        self.word_embedding = Embedding(config.vocab_size, h, Normal(std), table)
+        self.position_embedding = Embedding(config.max_position_embeddings, h, TruncatedNormal(std), table)
         self.blocks = nn.CellList([Block(config) for _ in range(config.num_blocks)])
         self.layernorm = LayerNorm(h, config.layernorm_epsilon, dtype)
         self.has_top_query = config.has_top_query_layer
         if self.has_top_query:
-            self.top_query_embedding = Embedding(config.max_position_embeddings, h, TruncatedNormal(std), dtype)
+            self.top_query_embedding = Embedding(config.max_position_embeddings, h, TruncatedNormal(std), table)
             self.top_query_layer = Block(config)
         self.dropout = nn.Dropout(p=config.dropout_rate)
         self.compute_dtype = ms_dtype(config.compute_dtype)
