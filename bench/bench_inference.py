@@ -11,21 +11,18 @@ questions of c3-d-dev with the released tokenizer (needs ../shared/data).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from common import elapsed, write_json
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def _timed(fn) -> float:
     fn()  # warm-up: compiles the graphs of this shape
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    return elapsed(fn)
 
 
 def main(argv=None) -> int:
@@ -80,8 +77,7 @@ def main(argv=None) -> int:
         result["c3"] = {**c3, "examples_per_s": c3["examples"] / c3["seconds"]}
         print(f"C3 (pangu_alpha_tiny, 1024-token rows): {c3['examples']} examples of {c3['questions']} questions "
               f"in {c3['seconds']:.1f} s = {result['c3']['examples_per_s']:.1f} examples/s")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    write_json(result, args.json)
     return 0
 
 

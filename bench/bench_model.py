@@ -10,21 +10,10 @@ sides; compile/warm-up runs are excluded and reported separately.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import time
 
 import numpy as np
-
-
-def timed(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv=None) -> int:
@@ -38,7 +27,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from common import gpt2_small_pair
+    from common import gpt2_small_pair, median_time, write_json
 
     hf, ours = gpt2_small_pair()
 
@@ -52,10 +41,10 @@ def main(argv=None) -> int:
     ours.forward_logits(fwd_ids)
     results["ours_forward_compile_s"] = time.perf_counter() - t0
     fwd_tokens = fwd_ids.size
-    ours_fwd = timed(lambda: ours.forward_logits(fwd_ids), args.repeats)
+    ours_fwd = median_time(lambda: ours.forward_logits(fwd_ids), args.repeats)
     with torch.no_grad():
         hf(torch.tensor(fwd_ids))
-        hf_fwd = timed(lambda: hf(torch.tensor(fwd_ids)), args.repeats)
+        hf_fwd = median_time(lambda: hf(torch.tensor(fwd_ids)), args.repeats)
     results.update(ours_forward_tok_s=fwd_tokens / ours_fwd, hf_forward_tok_s=fwd_tokens / hf_fwd)
 
     # greedy decode with KV cache
@@ -63,7 +52,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     ours_out = ours.generate(prompt, max_new_tokens=n)
     results["ours_decode_compile_s"] = time.perf_counter() - t0
-    ours_dec = timed(lambda: ours.generate(prompt, max_new_tokens=n), args.repeats)
+    ours_dec = median_time(lambda: ours.generate(prompt, max_new_tokens=n), args.repeats)
 
     def hf_generate():
         with torch.no_grad():
@@ -72,7 +61,7 @@ def main(argv=None) -> int:
                                pad_token_id=50256)
 
     hf_out = hf_generate()
-    hf_dec = timed(hf_generate, args.repeats)
+    hf_dec = median_time(hf_generate, args.repeats)
     results.update(ours_decode_tok_s=n / ours_dec, hf_decode_tok_s=n / hf_dec,
                    ours_ms_per_token=1000 * ours_dec / n, hf_ms_per_token=1000 * hf_dec / n,
                    same_tokens=ours_out[0] == hf_out[0].tolist())
@@ -90,9 +79,7 @@ def main(argv=None) -> int:
     print(f"{'decode ms/token':<42}{results['ours_ms_per_token']:>14.1f}{results['hf_ms_per_token']:>14.1f}")
     print(f"compile: forward {results['ours_forward_compile_s']:.1f} s, "
           f"decode {results['ours_decode_compile_s']:.1f} s; identical greedy tokens: {results['same_tokens']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(results, args.json)
     return 0
 
 

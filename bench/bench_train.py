@@ -10,12 +10,11 @@ MFU = (6 N + 12 L h S) * tokens/s / peak, with the higher measured peak.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import time
 
 import numpy as np
+from common import elapsed, median_time, write_json
 
 
 def gemm_peak_gflops(size: int = 2048, repeats: int = 5) -> dict[str, float]:
@@ -34,18 +33,12 @@ def gemm_peak_gflops(size: int = 2048, repeats: int = 5) -> dict[str, float]:
     a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
     gemm, ta, tb = Gemm(), ms.Tensor(a), ms.Tensor(a)
     gemm(ta, tb).asnumpy()
-    ms_time = min(_time(lambda: gemm(ta, tb).asnumpy()) for _ in range(repeats))
+    ms_time = min(elapsed(lambda: gemm(ta, tb).asnumpy()) for _ in range(repeats))
     pa = torch.from_numpy(a)
     torch.mm(pa, pa)
-    torch_time = min(_time(lambda: torch.mm(pa, pa)) for _ in range(repeats))
+    torch_time = min(elapsed(lambda: torch.mm(pa, pa)) for _ in range(repeats))
     flops = 2.0 * size ** 3
     return {"mindspore_gflops": flops / ms_time / 1e9, "torch_gflops": flops / torch_time / 1e9}
-
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main(argv=None) -> int:
@@ -85,7 +78,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     cell(*inputs)[0].asnumpy()
     results["ours_compile_s"] = time.perf_counter() - start
-    ours = statistics.median(_time(lambda: cell(*inputs)[0].asnumpy()) for _ in range(args.steps))
+    ours = median_time(lambda: cell(*inputs)[0].asnumpy(), args.steps)
 
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
@@ -101,7 +94,7 @@ def main(argv=None) -> int:
         optimizer.zero_grad(set_to_none=True)
 
     torch_step()
-    theirs = statistics.median(_time(torch_step) for _ in range(args.steps))
+    theirs = median_time(torch_step, args.steps)
 
     peak = max(results["mindspore_gflops"], results["torch_gflops"]) * 1e9
     per_token = flops_per_token(config, s)
@@ -114,9 +107,7 @@ def main(argv=None) -> int:
     print(f"{'this project':<16}{results['ours_tok_s']:>10.1f}{100 * results['ours_mfu']:>7.1f}%")
     print(f"{'PyTorch eager':<16}{results['torch_tok_s']:>10.1f}{100 * results['torch_mfu']:>7.1f}%")
     print(f"ratio (this project / PyTorch): {results['ratio']:.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(results, args.json)
     return 0
 
 

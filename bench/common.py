@@ -18,3 +18,28 @@ def gpt2_small_pair():
         hf.save_pretrained(tmp)
         ours = from_pretrained(tmp)
     return hf, ours
+
+
+def elapsed(fn) -> float:
+    """Seconds one call of `fn` takes."""
+    import time
+
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median seconds of `repeats` calls of `fn`."""
+    import statistics
+
+    return statistics.median(elapsed(fn) for _ in range(repeats))
+
+
+def write_json(results: dict, path: str | None) -> None:
+    """Write the results as JSON when a path was given."""
+    if path:
+        import json
+
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
