@@ -4,6 +4,10 @@ Parameter names and orientation follow the released PanGu-alpha checkpoints:
 `attention.dense1/2/3.weight` (query/key/value) are stored [out, in]; `attention.projection.weight`,
 `output.mapping.weight` and `output.projection.weight` are stored [in, out].
 
+Every op that a parallel plan shards is a primitive held as an attribute (`self.gather`,
+`self.matmul`, `self.softmax`, ...), so `pangu.parallel.placement` can give it a strategy without this
+module knowing about devices. Standalone, strategies are inert.
+
 Numerics: parameters may be fp32/fp16/bf16; matmuls run in `compute_dtype`; LayerNorm, softmax and
 the loss run in fp32. Masks are additive biases in fp32 (0 = attend, -10000 = blocked), as in the
 reference. Shapes use B = batch, S = query length, T = key length, n = heads, d = head size.
@@ -31,15 +35,60 @@ def _cast(x, dtype):
     return x if x.dtype == dtype else ops.cast(x, dtype)
 
 
+class Dropout(nn.Cell):
+    """Dropout with its primitive exposed for sharding; the identity when not training or p == 0."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.dropout = ops.Dropout(keep_prob=1.0 - p)
+
+    def construct(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        out, _ = self.dropout(x)
+        return out
+
+
 class Embedding(nn.Cell):
     """Lookup table [rows, hidden] named `embedding_table` (the released name)."""
 
     def __init__(self, rows: int, hidden: int, init, dtype) -> None:
         super().__init__()
         self.embedding_table = Parameter(initializer(init, [rows, hidden], dtype), name="embedding_table")
+        self.gather = ops.Gather()
 
     def construct(self, ids):
-        return ops.gather(self.embedding_table, ids, 0)
+        return self.gather(self.embedding_table, ids, 0)
+
+
+class EmbeddingSum(nn.Cell):
+    """word + position embeddings (fp32), then dropout. Holds no parameters, so names are unchanged."""
+
+    def __init__(self, dropout_rate: float) -> None:
+        super().__init__()
+        self.add = ops.Add()
+        self.dropout = Dropout(dropout_rate)
+
+    def construct(self, words, positions):
+        return self.dropout(self.add(_cast(words, ms.float32), _cast(positions, ms.float32)))
+
+
+class LMHead(nn.Cell):
+    """Tied head: hidden [..., h] @ table[V, h]^T -> logits [..., V] in fp32. The table is an argument
+    (it belongs to the word embedding), so this cell can sit on another pipeline stage."""
+
+    def __init__(self, compute_dtype) -> None:
+        super().__init__()
+        self.compute_dtype = compute_dtype
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, hidden, table):
+        table = _cast(table, self.compute_dtype)
+        shape = hidden.shape
+        flat = _cast(hidden, self.compute_dtype).reshape(-1, shape[-1])
+        out = self.matmul(flat, table)
+        return _cast(out, ms.float32).reshape(shape[:-1] + (table.shape[0],))
 
 
 class LayerNorm(nn.Cell):
@@ -66,16 +115,18 @@ class Linear(nn.Cell):
         self.bias = Parameter(initializer("zeros", [n_out], dtype), name="bias")
         self.compute_dtype = compute_dtype
         self.matmul = ops.MatMul(transpose_b=weight_out_in)
+        self.bias_add = ops.Add()
         self.n_out = n_out
 
+    def _affine(self, x2):
+        y = self.matmul(_cast(x2, self.compute_dtype), _cast(self.weight, self.compute_dtype))
+        return self.bias_add(y, _cast(self.bias, self.compute_dtype))
+
     def construct(self, x):
-        if x.ndim == 2:  # the decode path keeps [B, h]: no reshapes (each op costs a kernel launch)
-            return self.matmul(_cast(x, self.compute_dtype), _cast(self.weight, self.compute_dtype)) + _cast(
-                self.bias, self.compute_dtype)
+        if x.ndim == 2:  # tokens [N, in] (and the decode path's [B, h]): no reshapes
+            return self._affine(x)
         shape = x.shape
-        x2 = _cast(x, self.compute_dtype).reshape(-1, shape[-1])
-        y = self.matmul(x2, _cast(self.weight, self.compute_dtype)) + _cast(self.bias, self.compute_dtype)
-        return y.reshape(shape[:-1] + (self.n_out,))
+        return self._affine(x.reshape(-1, shape[-1])).reshape(shape[:-1] + (self.n_out,))
 
 
 class FeedForward(nn.Cell):
@@ -88,13 +139,15 @@ class FeedForward(nn.Cell):
         self.mapping = Linear(config.hidden_size, config.ffn_hidden_size, std, dtype, cdt, weight_out_in=False)
         self.projection = Linear(config.ffn_hidden_size, config.hidden_size, out_std, dtype, cdt,
                                  weight_out_in=False)
-        self.fast_gelu = config.hidden_act == "fast_gelu"
-        self.dropout = nn.Dropout(p=config.dropout_rate)
+        # ops.GeLU is the tanh approximation GPT-2 and PanGu-alpha use
+        self.activation = ops.FastGeLU() if config.hidden_act == "fast_gelu" else ops.GeLU()
+        self.dropout = Dropout(config.dropout_rate)
 
     def construct(self, x):
-        h = self.mapping(x)
-        h = ops.fast_gelu(h) if self.fast_gelu else ops.gelu(h, approximate="tanh")
-        return self.dropout(self.projection(h))
+        """x [..., h]; the FFN itself works on tokens [N, h] (the layout its shard strategies describe)."""
+        shape = x.shape
+        h = self.activation(self.mapping(x.reshape(-1, shape[-1])))
+        return self.dropout(self.projection(h)).reshape(shape)
 
 
 class Attention(nn.Cell):
@@ -114,28 +167,32 @@ class Attention(nn.Cell):
         self.dense3 = Linear(h, h, std, dtype, cdt, weight_out_in=True)
         self.projection = Linear(h, h, out_std, dtype, cdt, weight_out_in=False)
         self.num_heads, self.head_dim = config.num_heads, config.head_dim
-        self.scale = 1.0 / math.sqrt(config.head_dim)
+        self.scale = ms.Tensor(1.0 / math.sqrt(config.head_dim), ms.float32)
         self.compute_dtype = cdt
-        self.prob_dropout = nn.Dropout(p=config.dropout_rate)
-        self.dropout = nn.Dropout(p=config.dropout_rate)
+        self.prob_dropout = Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
+        self.split_heads = ops.Transpose()
         self.scores_matmul = ops.BatchMatMul(transpose_b=True)
+        self.scale_mul = ops.Mul()
+        self.mask_add = ops.Add()
+        self.softmax = ops.Softmax(axis=-1)
         self.context_matmul = ops.BatchMatMul()
+        self.merge_heads = ops.Transpose()
 
     def _heads(self, x):
         b, s, _ = x.shape
-        return x.reshape(b, s, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        return self.split_heads(x.reshape(b, s, self.num_heads, self.head_dim), (0, 2, 1, 3))
 
     def _context(self, q, k, v, bias):
         """q [B, n, S, d], k/v [B, n, T, d], bias [B, 1, S, T] -> context [B, n, S, d]."""
-        scores = self.scores_matmul(q, k)
-        scores = _cast(scores, ms.float32) * self.scale + bias
-        probs = self.prob_dropout(ops.softmax(scores, axis=-1))
+        scores = self.scale_mul(_cast(self.scores_matmul(q, k), ms.float32), self.scale)
+        probs = self.prob_dropout(self.softmax(self.mask_add(bias, scores)))
         return self.context_matmul(_cast(probs, self.compute_dtype), v)
 
     def _attend(self, q, k, v, bias):
         ctx = self._context(q, k, v, bias)
         b, n, s, d = ctx.shape
-        ctx = ctx.transpose(0, 2, 1, 3).reshape(b, s, n * d)
+        ctx = self.merge_heads(ctx, (0, 2, 1, 3)).reshape(b, s, n * d)
         return self.dropout(self.projection(ctx))
 
     def construct(self, query_input, kv_input, bias):
@@ -174,22 +231,23 @@ class Block(nn.Cell):
         self.layernorm2 = LayerNorm(config.hidden_size, config.layernorm_epsilon, dtype)
         self.output = FeedForward(config, out_std)
         self.compute_dtype = ms_dtype(config.compute_dtype)
+        self.residual_add = ops.Add()
 
     def _ffn_residual(self, x):
-        return x + _cast(self.output(_cast(self.layernorm2(x), self.compute_dtype)), x.dtype)
+        return self.residual_add(x, _cast(self.output(_cast(self.layernorm2(x), self.compute_dtype)), x.dtype))
 
     def construct(self, x, bias, query=None):
         """x [B, S, h] -> (x', k, v)."""
         a = _cast(self.layernorm1(x), self.compute_dtype)
         q_in = a if query is None else query
         attn, k, v = self.attention(q_in, a, bias)
-        return self._ffn_residual(x + _cast(attn, x.dtype)), k, v
+        return self._ffn_residual(self.residual_add(x, _cast(attn, x.dtype))), k, v
 
     def step(self, x, bias, slot, k_cache, v_cache, query=None):
         a = _cast(self.layernorm1(x), self.compute_dtype)
         q_in = a if query is None else query
         attn, k_cache, v_cache = self.attention.step(q_in, a, bias, slot, k_cache, v_cache)
-        return self._ffn_residual(x + _cast(attn, x.dtype)), k_cache, v_cache
+        return self._ffn_residual(self.residual_add(x, _cast(attn, x.dtype))), k_cache, v_cache
 
 
 class Backbone(nn.Cell):
@@ -213,14 +271,13 @@ class Backbone(nn.Cell):
         if self.has_top_query:
             self.top_query_embedding = Embedding(config.max_position_embeddings, h, TruncatedNormal(std), table)
             self.top_query_layer = Block(config)
-        self.dropout = nn.Dropout(p=config.dropout_rate)
+        self.embedding_sum = EmbeddingSum(config.dropout_rate)
+        self.head = LMHead(ms_dtype(config.compute_dtype))
         self.compute_dtype = ms_dtype(config.compute_dtype)
         self.num_layers = config.num_layers
-        self.head_matmul = ops.MatMul(transpose_b=True)
 
     def _embed(self, input_ids, position_ids):
-        x = self.word_embedding(input_ids) + self.position_embedding(position_ids)
-        return self.dropout(_cast(x, ms.float32))
+        return self.embedding_sum(self.word_embedding(input_ids), self.position_embedding(position_ids))
 
     def _top_query(self, position_ids):
         return _cast(self.top_query_embedding(position_ids), self.compute_dtype)
@@ -257,8 +314,4 @@ class Backbone(nn.Cell):
 
     def logits(self, hidden):
         """Tied head: hidden [..., h] -> logits [..., vocab] in fp32."""
-        table = _cast(self.word_embedding.embedding_table, self.compute_dtype)
-        shape = hidden.shape
-        flat = _cast(hidden, self.compute_dtype).reshape(-1, shape[-1])
-        out = self.head_matmul(flat, table)
-        return _cast(out, ms.float32).reshape(shape[:-1] + (table.shape[0],))
+        return self.head(hidden, self.word_embedding.embedding_table)

@@ -1,4 +1,7 @@
-"""Masked next-token cross entropy, as the reference computes it (fp32, mask on the input token)."""
+"""Masked next-token cross entropy, as the reference computes it (fp32, mask on the input token).
+
+Every op is a primitive attribute so a parallel plan can shard it (`pangu.parallel.placement`).
+"""
 
 from __future__ import annotations
 
@@ -9,23 +12,52 @@ from pangu.models.layers import MASK_VALUE
 
 
 class MaskedCrossEntropy(nn.Cell):
-    """loss = sum(mask * NLL) / (sum(mask) + 1e-5) with NLL from an fp32 log-softmax.
+    """loss = sum(mask * NLL) / (sum(mask) + 1e-5) with NLL = logsumexp(logits) - logits[label] in fp32.
 
-    logits [B, S, V]; labels [B, S] int32; mask [B, S] (1 = counted).
+    logits [B, S, V]; labels [B, S] int32; mask [B, S] (1 = counted). With `vocab_parallel` (set when a plan
+    splits the vocabulary over devices) the label's logit is picked by a one-hot product, which shards
+    along the vocabulary; otherwise by a gather, which is cheaper but cannot split that axis.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.vocab_parallel = False
+        self.max = ops.ReduceMax(keep_dims=True)
+        self.sub = ops.Sub()
+        self.exp = ops.Exp()
+        self.sum_exp = ops.ReduceSum(keep_dims=True)
+        self.log = ops.Log()
+        self.onehot = ops.OneHot()
+        self.pick_mul = ops.Mul()
+        self.pick_sum = ops.ReduceSum(keep_dims=True)
+        self.nll_sub = ops.Sub()
+        self.mask_mul = ops.Mul()
+        self.masked_sum = ops.ReduceSum()
+        self.mask_sum = ops.ReduceSum()
+        self.on = ms.Tensor(1.0, ms.float32)
+        self.off = ms.Tensor(0.0, ms.float32)
+
     def construct(self, logits, labels, mask):
-        logp = ops.log_softmax(ops.cast(logits, ms.float32), axis=-1)
-        nll = -ops.gather_elements(logp, -1, ops.expand_dims(labels, -1)).squeeze(-1)
-        mask = ops.cast(mask, ms.float32)
-        return (nll * mask).sum() / (mask.sum() + 1e-5)
+        vocab = logits.shape[-1]
+        logits = ops.cast(logits, ms.float32).reshape(-1, vocab)
+        labels = labels.reshape(-1)
+        shifted = self.sub(logits, ops.stop_gradient(self.max(logits, -1)))
+        log_sum = self.log(self.sum_exp(self.exp(shifted), -1))
+        if self.vocab_parallel:
+            picked = self.pick_sum(self.pick_mul(shifted, self.onehot(labels, vocab, self.on, self.off)), -1)
+        else:
+            picked = ops.gather_elements(shifted, 1, labels.reshape(-1, 1))
+        nll = self.nll_sub(log_sum, picked).reshape(-1)
+        mask = ops.cast(mask, ms.float32).reshape(-1)
+        return self.masked_sum(self.mask_mul(nll, mask), ()) / (self.mask_sum(mask, ()) + 1e-5)
 
 
 class LanguageModelWithLoss(nn.Cell):
     """Training network: rows of S+1 tokens -> scalar loss (the reference's PanGUAlphaWithLoss).
 
     tokens = ids[:, :-1], labels = ids[:, 1:]; the loss mask is `tokens != pad_token_id`, so the
-    prediction made at an EOD/pad input is excluded while a label that is EOD still counts.
+    prediction made at an EOD/pad input is excluded while a label that is EOD still counts. Shapes come
+    from the inputs, so the cell also runs on the micro-batches of a pipeline.
     """
 
     def __init__(self, model) -> None:
@@ -33,11 +65,20 @@ class LanguageModelWithLoss(nn.Cell):
         self.model = model
         self.loss = MaskedCrossEntropy()
         self.pad_token_id = model.config.pad_token_id
+        self.slice_tokens = ops.StridedSlice()
+        self.slice_labels = ops.StridedSlice()
+        self.not_pad = ops.NotEqual()
+        self.mask_sub = ops.Sub()
+        self.mask_mul = ops.Mul()
+        self.expand = ops.ExpandDims()
+        self.one = ms.Tensor(1.0, ms.float32)
+        self.blocked = ms.Tensor(MASK_VALUE, ms.float32)
 
     def construct(self, input_ids, position_ids, attention_mask):
         """input_ids [B, S+1] int32; position_ids [B, S] int32; attention_mask [B, S, S] (1 = attend)."""
-        tokens = input_ids[:, :-1]
-        labels = input_ids[:, 1:]
-        bias = (1.0 - ops.cast(attention_mask, ms.float32)) * MASK_VALUE
-        logits = self.model(tokens, position_ids, ops.expand_dims(bias, 1))
-        return self.loss(logits, labels, ops.not_equal(tokens, self.pad_token_id))
+        batch, width = input_ids.shape
+        tokens = self.slice_tokens(input_ids, (0, 0), (batch, width - 1), (1, 1))
+        labels = self.slice_labels(input_ids, (0, 1), (batch, width), (1, 1))
+        bias = self.mask_mul(self.mask_sub(self.one, ops.cast(attention_mask, ms.float32)), self.blocked)
+        logits = self.model(tokens, position_ids, self.expand(bias, 1))
+        return self.loss(logits, labels, self.not_pad(tokens, self.pad_token_id))
