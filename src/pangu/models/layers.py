@@ -88,7 +88,7 @@ class LMHead(nn.Cell):
         shape = hidden.shape
         flat = _cast(hidden, self.compute_dtype).reshape(-1, shape[-1])
         out = self.matmul(flat, table)
-        return _cast(out, ms.float32).reshape(shape[:-1] + (table.shape[0],))
+        return _cast(out, ms.float32).reshape(shape[:-1] + (-1,))  # -1: the table may be a sliced parameter
 
 
 class LayerNorm(nn.Cell):

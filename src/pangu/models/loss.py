@@ -19,8 +19,9 @@ class MaskedCrossEntropy(nn.Cell):
     along the vocabulary; otherwise by a gather, which is cheaper but cannot split that axis.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, vocab_size: int) -> None:
         super().__init__()
+        self.vocab_size = vocab_size  # a constant: inferred shapes may be those of a sliced word table
         self.vocab_parallel = False
         self.max = ops.ReduceMax(keep_dims=True)
         self.sub = ops.Sub()
@@ -30,25 +31,31 @@ class MaskedCrossEntropy(nn.Cell):
         self.onehot = ops.OneHot()
         self.pick_mul = ops.Mul()
         self.pick_sum = ops.ReduceSum(keep_dims=True)
+        self.pick_gather = ops.GatherD()
         self.nll_sub = ops.Sub()
         self.mask_mul = ops.Mul()
+        self.mask_cast = ops.Cast()
         self.masked_sum = ops.ReduceSum()
         self.mask_sum = ops.ReduceSum()
         self.on = ms.Tensor(1.0, ms.float32)
         self.off = ms.Tensor(0.0, ms.float32)
 
     def construct(self, logits, labels, mask):
-        vocab = logits.shape[-1]
-        logits = ops.cast(logits, ms.float32).reshape(-1, vocab)
+        vocab = self.vocab_size
+        logits = ops.cast(logits, ms.float32)
+        if logits.ndim != 2:
+            logits = logits.reshape(-1, vocab)
         labels = labels.reshape(-1)
         shifted = self.sub(logits, ops.stop_gradient(self.max(logits, -1)))
         log_sum = self.log(self.sum_exp(self.exp(shifted), -1))
         if self.vocab_parallel:
-            picked = self.pick_sum(self.pick_mul(shifted, self.onehot(labels, vocab, self.on, self.off)), -1)
+            # depth from the logits, not the constant: inside a pipeline stage they may be the head's slice
+            onehot = self.onehot(labels, shifted.shape[-1], self.on, self.off)
+            picked = self.pick_sum(self.pick_mul(shifted, onehot), -1)
         else:
-            picked = ops.gather_elements(shifted, 1, labels.reshape(-1, 1))
+            picked = self.pick_gather(shifted, 1, labels.reshape(-1, 1))
         nll = self.nll_sub(log_sum, picked).reshape(-1)
-        mask = ops.cast(mask, ms.float32).reshape(-1)
+        mask = self.mask_cast(mask.reshape(-1), ms.float32)
         return self.masked_sum(self.mask_mul(nll, mask), ()) / (self.mask_sum(mask, ()) + 1e-5)
 
 
@@ -63,14 +70,15 @@ class LanguageModelWithLoss(nn.Cell):
     def __init__(self, model) -> None:
         super().__init__(auto_prefix=False)
         self.model = model
-        self.loss = MaskedCrossEntropy()
+        self.loss = MaskedCrossEntropy(model.config.vocab_size)
         self.pad_token_id = model.config.pad_token_id
         self.slice_tokens = ops.StridedSlice()
         self.slice_labels = ops.StridedSlice()
         self.not_pad = ops.NotEqual()
         self.mask_sub = ops.Sub()
         self.mask_mul = ops.Mul()
-        self.expand = ops.ExpandDims()
+        self.mask_cast = ops.Cast()
+        self.mask_expand = ops.ExpandDims()
         self.one = ms.Tensor(1.0, ms.float32)
         self.blocked = ms.Tensor(MASK_VALUE, ms.float32)
 
@@ -79,6 +87,8 @@ class LanguageModelWithLoss(nn.Cell):
         batch, width = input_ids.shape
         tokens = self.slice_tokens(input_ids, (0, 0), (batch, width - 1), (1, 1))
         labels = self.slice_labels(input_ids, (0, 1), (batch, width), (1, 1))
-        bias = self.mask_mul(self.mask_sub(self.one, ops.cast(attention_mask, ms.float32)), self.blocked)
-        logits = self.model(tokens, position_ids, self.expand(bias, 1))
+        bias = self.mask_mul(self.mask_sub(self.one, self.mask_cast(attention_mask, ms.float32)), self.blocked)
+        hidden, _, _ = self.model.backbone(tokens, position_ids, self.mask_expand(bias, 1))
+        # logits as tokens x vocab: no reshape after the head, whose table may be a sliced parameter
+        logits = self.model.backbone.logits(hidden.reshape(-1, hidden.shape[-1]))
         return self.loss(logits, labels, self.not_pad(tokens, self.pad_token_id))

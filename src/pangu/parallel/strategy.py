@@ -47,33 +47,60 @@ def check_plan(model: ModelConfig, parallel: ParallelConfig, device_num: int) ->
 
 
 def strategy_table(parallel: ParallelConfig) -> dict[str, Strategy]:
-    """Op -> shard strategy (one tuple per input), as reference §7.2."""
+    """Op -> shard strategy (one tuple per input, `()` for a scalar), as reference §7.2, for the tensor ranks
+    the cells use: the residual stream is [B, S, h], linear layers work on tokens [B*S, h]."""
     dp, mp = parallel.data_parallel, parallel.model_parallel
     vocab_split = head_vocab_parallel(parallel)
+    vp = mp if vocab_split else 1  # how the logits' vocabulary axis is split
     return {
-        "word_embedding.gather": ((mp, 1), (dp, 1)) if not parallel.vocab_emb_dp else ((1, 1), (dp, 1)),
+        "input.slice": ((dp, 1),),
+        "input.not_equal": ((dp, 1), ()),
+        "input.mask_cast": ((dp, 1, 1),),
+        "input.mask_sub": ((), (dp, 1, 1)),
+        "input.mask_mul": ((dp, 1, 1), ()),
+        "input.mask_expand": ((dp, 1, 1),),
+        # the tied table has one layout for both users: split by rows exactly when the head is vocab-parallel
+        "word_embedding.gather": ((mp, 1), (dp, 1)) if vocab_split else ((1, 1), (dp, 1)),
         "position_embedding.gather": ((1, 1), (dp, 1)),
         "top_query_embedding.gather": ((1, 1), (dp, 1)),
         "embedding.add": ((dp, 1, 1), (dp, 1, 1)),
-        "layernorm": ((dp, 1), (1,), (1,)),
+        "embedding.dropout": ((dp, 1, 1),),
+        "layernorm": ((dp, 1, 1), (1,), (1,)),
         "attention.dense.matmul": ((dp, 1), (mp, 1)),  # Q/K/V, weight [out, in]: column-parallel by heads
         "attention.dense.bias_add": ((dp, mp), (mp,)),
         "attention.split_heads.transpose": ((dp, 1, mp, 1),),
         "attention.scores.batch_matmul": ((dp, mp, 1, 1), (dp, mp, 1, 1)),
+        "attention.scale.mul": ((dp, mp, 1, 1), ()),
         "attention.mask.add": ((dp, 1, 1, 1), (dp, mp, 1, 1)),
         "attention.softmax": ((dp, mp, 1, 1),),
+        "attention.prob_dropout": ((dp, mp, 1, 1),),
         "attention.context.batch_matmul": ((dp, mp, 1, 1), (dp, mp, 1, 1)),
         "attention.merge_heads.transpose": ((dp, mp, 1, 1),),
         "attention.projection.matmul": ((dp, mp), (mp, 1)),  # weight [in, out]: row-parallel, then allreduce
         "attention.projection.bias_add": ((dp, 1), (1,)),
-        "residual.add": ((dp, 1), (dp, 1)),
+        "attention.dropout": ((dp, 1, 1),),
+        "residual.add": ((dp, 1, 1), (dp, 1, 1)),
         "ffn.mapping.matmul": ((dp, 1), (1, mp)),
         "ffn.mapping.bias_add": ((dp, mp), (mp,)),
         "ffn.activation": ((dp, mp),),
         "ffn.projection.matmul": ((dp, mp), (mp, 1)),
         "ffn.projection.bias_add": ((dp, 1), (1,)),
+        "ffn.dropout": ((dp, 1),),
         "head.matmul": ((dp, 1), (mp, 1)) if vocab_split else ((dp, 1), (1, 1)),
-        "loss.softmax": ((dp, mp),) if vocab_split else ((dp, 1),),
+        "loss.max": ((dp, vp),),
+        "loss.sub": ((dp, vp), (dp, 1)),
+        "loss.exp": ((dp, vp),),
+        "loss.sum_exp": ((dp, vp),),
+        "loss.log": ((dp, 1),),
+        "loss.onehot": ((dp, vp), (), ()),
+        "loss.pick_mul": ((dp, vp), (dp, vp)),
+        "loss.pick_sum": ((dp, vp),),
+        "loss.pick_gather": ((dp, 1), (dp, 1)),
+        "loss.nll_sub": ((dp, 1), (dp, 1)),
+        "loss.mask_cast": ((dp,),),
+        "loss.mask_mul": ((dp,), (dp,)),
+        "loss.masked_sum": ((dp,),),
+        "loss.mask_sum": ((dp,),),
     }
 
 
@@ -81,31 +108,55 @@ def op_input_shapes(model: ModelConfig, batch: int, seq: int) -> dict[str, tuple
     """The input shapes of each op of `strategy_table` for a global batch, as the cells lay them out."""
     h, n, d, f, v = model.hidden_size, model.num_heads, model.head_dim, model.ffn_hidden_size, model.vocab_size
     tokens, p = batch * seq, model.max_position_embeddings
-    heads = (batch, n, seq, d)
+    heads, hidden, square = (batch, n, seq, d), (batch, seq, h), (batch, seq, seq)
     return {
+        "input.slice": ((batch, seq + 1),),
+        "input.not_equal": ((batch, seq), ()),
+        "input.mask_cast": (square,),
+        "input.mask_sub": ((), square),
+        "input.mask_mul": (square, ()),
+        "input.mask_expand": (square,),
         "word_embedding.gather": ((v, h), (batch, seq)),
         "position_embedding.gather": ((p, h), (batch, seq)),
         "top_query_embedding.gather": ((p, h), (batch, seq)),
-        "embedding.add": ((batch, seq, h), (batch, seq, h)),
-        "layernorm": ((tokens, h), (h,), (h,)),
+        "embedding.add": (hidden, hidden),
+        "embedding.dropout": (hidden,),
+        "layernorm": (hidden, (h,), (h,)),
         "attention.dense.matmul": ((tokens, h), (h, h)),
         "attention.dense.bias_add": ((tokens, h), (h,)),
         "attention.split_heads.transpose": ((batch, seq, n, d),),
         "attention.scores.batch_matmul": (heads, heads),
+        "attention.scale.mul": ((batch, n, seq, seq), ()),
         "attention.mask.add": ((batch, 1, seq, seq), (batch, n, seq, seq)),
         "attention.softmax": ((batch, n, seq, seq),),
+        "attention.prob_dropout": ((batch, n, seq, seq),),
         "attention.context.batch_matmul": ((batch, n, seq, seq), heads),
         "attention.merge_heads.transpose": (heads,),
         "attention.projection.matmul": ((tokens, h), (h, h)),
         "attention.projection.bias_add": ((tokens, h), (h,)),
-        "residual.add": ((tokens, h), (tokens, h)),
+        "attention.dropout": (hidden,),
+        "residual.add": (hidden, hidden),
         "ffn.mapping.matmul": ((tokens, h), (h, f)),
         "ffn.mapping.bias_add": ((tokens, f), (f,)),
         "ffn.activation": ((tokens, f),),
         "ffn.projection.matmul": ((tokens, f), (f, h)),
         "ffn.projection.bias_add": ((tokens, h), (h,)),
+        "ffn.dropout": ((tokens, h),),
         "head.matmul": ((tokens, h), (v, h)),
-        "loss.softmax": ((tokens, v),),
+        "loss.max": ((tokens, v),),
+        "loss.sub": ((tokens, v), (tokens, 1)),
+        "loss.exp": ((tokens, v),),
+        "loss.sum_exp": ((tokens, v),),
+        "loss.log": ((tokens, 1),),
+        "loss.onehot": ((tokens, v), (), ()),
+        "loss.pick_mul": ((tokens, v), (tokens, v)),
+        "loss.pick_sum": ((tokens, v),),
+        "loss.pick_gather": ((tokens, v), (tokens, 1)),
+        "loss.nll_sub": ((tokens, 1), (tokens, 1)),
+        "loss.mask_cast": ((tokens,),),
+        "loss.mask_mul": ((tokens,), (tokens,)),
+        "loss.masked_sum": ((tokens,),),
+        "loss.mask_sum": ((tokens,),),
     }
 
 

@@ -21,15 +21,25 @@ def dynamic_loss_scale(initial: float = LOSS_SCALE_INIT) -> nn.DynamicLossScaleU
                                          scale_window=LOSS_SCALE_WINDOW)
 
 
+def _clear(accumulated, grad):
+    return ops.assign(accumulated, ops.zeros_like(ops.depend(accumulated, grad)))
+
+
 class TrainOneStep(nn.Cell):
     """network(*inputs) -> loss; returns (loss, overflow, loss_scale, global_norm).
 
     Gradients are unscaled, clipped to `clip_norm` by their global norm (grads * clip / max(norm, clip)),
     and applied only when none overflowed; the loss scale halves on overflow and doubles after
     `LOSS_SCALE_WINDOW` good steps. Under data parallelism the gradients are averaged across ranks first.
+
+    With `micro_batches` > 1 the network is a `nn.PipelineCell` whose loss is the sum over micro-batches:
+    each micro-batch gets 1/micro_batches of the loss scale, the compiler accumulates gradients into
+    `accu_grads.*` (read here unless the optimizer is sharded, which takes the reduced slices), and the
+    accumulators are cleared after the update. The returned loss is the micro-batch mean.
     """
 
-    def __init__(self, network, optimizer, scale_update_cell, clip_norm: float = 1.0) -> None:
+    def __init__(self, network, optimizer, scale_update_cell, clip_norm: float = 1.0,
+                 micro_batches: int = 1) -> None:
         super().__init__(auto_prefix=False)
         self.network = network
         self.network.set_grad()
@@ -43,14 +53,22 @@ class TrainOneStep(nn.Cell):
         self.reducer = None
         if mode in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL):
             self.reducer = nn.DistributedGradReducer(self.weights, mean=True)
+        self.micro_batches = micro_batches
+        self.accumulate = micro_batches > 1
+        if self.accumulate:
+            self.accu_grads = self.weights.clone(prefix="accu_grads", init="zeros")
+            self.opt_shard = bool(ms.get_auto_parallel_context("enable_parallel_optimizer"))
+            self.hyper_map = ops.HyperMap()
 
     def construct(self, *inputs):
         loss = self.network(*inputs)
         scale = self.scale_sense * 1.0
-        sens = ops.ones_like(loss) * ops.cast(scale, loss.dtype)
+        sens = ops.ones_like(loss) * ops.cast(scale / self.micro_batches, loss.dtype)
         grads = self.grad(self.network, self.weights)(*inputs, sens)
         if self.reducer is not None:
             grads = self.reducer(grads)
+        if self.accumulate and not self.opt_shard:
+            grads = ops.depend(self.accu_grads, grads)
         grads = tuple(g / ops.cast(scale, g.dtype) for g in grads)
         global_norm = ops.sqrt(ops.addn([ops.reduce_sum(ops.square(ops.cast(g, ms.float32))) for g in grads]))
         overflow = ops.logical_not(ops.isfinite(global_norm))
@@ -58,5 +76,8 @@ class TrainOneStep(nn.Cell):
         factor = self.clip_norm / ops.maximum(global_norm, self.clip_norm)
         grads = tuple(g * ops.cast(factor, g.dtype) for g in grads)
         if not overflow:
-            self.optimizer(grads)
+            loss = ops.depend(loss, self.optimizer(grads))
+        if self.accumulate:
+            loss = ops.depend(loss, self.hyper_map(_clear, self.accu_grads, grads))
+            loss = loss / self.micro_batches
         return loss, overflow, scale, global_norm

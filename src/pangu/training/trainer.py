@@ -10,20 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mindspore as ms
 import numpy as np
 
-from pangu.config import count_parameters
+from pangu.config import ParallelConfig, count_parameters
 from pangu.errors import ConfigError, DataError
-from pangu.models.loss import LanguageModelWithLoss
 from pangu.runtime import use_graph_mode
+from pangu.training.build import build_train_step
 from pangu.training.checkpoint import checkpoint_files, load_training_checkpoint, save_training_checkpoint
-from pangu.training.optimizer import build_optimizer
 from pangu.training.schedule import WarmupCosineLR, learning_rate_at
-from pangu.training.step import TrainOneStep, dynamic_loss_scale
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +52,17 @@ class TrainSettings:
     peak_gflops: float = DEFAULT_PEAK_GFLOPS
     rank: int = 0
     rank_size: int = 1
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    full_batch: bool = False  # every rank reads the whole global batch (sharded plans)
+
+    @property
+    def read_batch(self) -> int:
+        """Rows this rank reads per step."""
+        return self.per_batch_size * self.parallel.data_parallel if self.full_batch else self.per_batch_size
+
+    @property
+    def global_batch(self) -> int:
+        return self.read_batch if self.full_batch else self.per_batch_size * self.rank_size
 
 
 def flops_per_token(config, seq_length: int) -> float:
@@ -64,8 +73,9 @@ def flops_per_token(config, seq_length: int) -> float:
 def _dataset(settings: TrainSettings, model, samples_seen: int, epoch: int):
     from pangu.data.dataset import create_dataset
 
-    return create_dataset(settings.per_batch_size, settings.data_path, device_num=settings.rank_size,
-                          rank=settings.rank, data_start_index=samples_seen,
+    shards, shard = (1, 0) if settings.full_batch else (settings.rank_size, settings.rank)
+    return create_dataset(settings.read_batch, settings.data_path, device_num=shards,
+                          rank=shard, data_start_index=samples_seen,
                           eod_reset=settings.eod_reset, eod_id=settings.eod_id, seed=settings.seed + epoch,
                           seq_length=model.config.max_position_embeddings)
 
@@ -78,10 +88,8 @@ def train(model, settings: TrainSettings) -> list[dict]:
     save_dir = Path(settings.save_dir)
     if settings.rank_size > 1:  # every rank keeps its own checkpoints, as the reference's rank_{i} folders
         save_dir = save_dir / f"rank_{settings.rank}"
-    network = LanguageModelWithLoss(model)
     lr = WarmupCosineLR(settings.start_lr, settings.end_lr, settings.warmup_steps, settings.decay_steps)
-    optimizer = build_optimizer(model.trainable_params(), settings.optimizer, lr)
-    train_cell = TrainOneStep(network, optimizer, dynamic_loss_scale())
+    train_cell = build_train_step(model, settings.parallel, settings.optimizer, lr)
     train_cell.set_train(True)
 
     step, samples_seen = 0, 0
@@ -96,8 +104,8 @@ def train(model, settings: TrainSettings) -> list[dict]:
     first = _dataset(settings, model, 0, 0)
     steps_per_epoch = first.get_dataset_size()
     if steps_per_epoch == 0:
-        raise DataError(f"{settings.data_path} holds fewer samples than one batch of {settings.per_batch_size}")
-    global_batch = settings.per_batch_size * settings.rank_size
+        raise DataError(f"{settings.data_path} holds fewer samples than one batch of {settings.read_batch}")
+    global_batch = settings.global_batch
     samples_per_epoch = steps_per_epoch * global_batch
     total_steps = settings.max_steps or settings.epochs * steps_per_epoch
     seq_length = model.config.max_position_embeddings

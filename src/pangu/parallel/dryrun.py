@@ -1,0 +1,199 @@
+"""`pangu dryrun`: prove a parallel plan by compiling the real sharded training step, one rank per process.
+
+Takes the model and parallel arguments of `train.py`, checks the plan (§7.1), then compiles each chosen rank
+(default: the first rank of every pipeline stage) under MindSpore's simulation mode in a subprocess with
+the stub CUDA environment of `pangu.parallel.simenv`. Reports, per rank, the parts of the model it holds,
+every parameter's full and slice shape, whether its optimizer state is sharded, the bytes of parameters
+and Adam state on the device, the compile time and the peak memory of the compile. Exit 0 only when every
+rank compiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+WORKER = "pangu.parallel.dryrun_worker"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pangu.training.cli import add_model_arguments, add_parallel_arguments
+
+    add_model_arguments(parser)
+    add_parallel_arguments(parser)
+    run = parser.add_argument_group("dry run")
+    run.add_argument("--rank", default=None,
+                     help="ranks to compile: 'all', or a comma list such as 0,63 (default: first rank of every stage)")
+    run.add_argument("--json", help="write the full report (every rank, every parameter) to this file")
+    run.add_argument("--timeout", type=int, default=1800, help="seconds allowed per rank")
+    run.add_argument("--cache_dir", help="where the simulation environment is built (default ~/.cache/pangu)")
+    run.add_argument("--brief", action="store_true", help="one line per rank, no parameter table")
+
+
+def chosen_ranks(spec: str | None, device_num: int, stages: int) -> list[int]:
+    from pangu.errors import ConfigError
+
+    if spec is None:
+        per_stage = device_num // stages
+        return [stage * per_stage for stage in range(stages)]
+    if spec == "all":
+        return list(range(device_num))
+    try:
+        ranks = sorted({int(part) for part in spec.split(",") if part.strip()})
+    except ValueError:
+        raise ConfigError(f"--rank {spec!r} must be 'all' or a comma-separated list of integers") from None
+    bad = [rank for rank in ranks if not 0 <= rank < device_num]
+    if bad or not ranks:
+        raise ConfigError(f"--rank {spec!r}: ranks must lie in 0..{device_num - 1}")
+    return ranks
+
+
+def _run_worker(spec_path: Path, report_path: Path, env: dict, cwd: Path, timeout: int) -> tuple[int, float, int]:
+    """(exit status, wall seconds, peak RSS in bytes) of one worker process."""
+    start = time.perf_counter()
+    with open(cwd / "worker.log", "wb") as output:
+        process = subprocess.Popen([sys.executable, "-m", WORKER, str(spec_path), str(report_path)], env=env,
+                                   cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
+        timer = threading.Timer(timeout, process.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            timer.cancel()
+        process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, time.perf_counter() - start, usage.ru_maxrss * 1024
+
+
+_LOG_PREFIX = re.compile(r"^\[ERROR\] \w+\([^)]*\):\S+ \[[^\]]*\] \w*\]\s*")
+
+
+def compiler_detail(log_text: str) -> str | None:
+    """The parallel compiler's own [ERROR] line (which names the op, strategy and shape) from a worker log."""
+    from pangu.parallel.dryrun_worker import COMPILER_ERRORS
+
+    for line in log_text.splitlines():
+        if line.startswith("[ERROR]") and COMPILER_ERRORS.search(line):
+            return _LOG_PREFIX.sub("", line).strip()[:500]
+    return None
+
+
+def _mb(value: int) -> str:
+    return f"{value / 2**20:.1f} MB" if value < 2**30 else f"{value / 2**30:.2f} GB"
+
+
+def _holds_text(holds: list[str]) -> str:
+    blocks = [int(part.split(".")[1]) for part in holds if part.startswith("blocks.")]
+    others = [part for part in holds if not part.startswith("blocks.")]
+    text = []
+    if blocks:
+        text.append(f"blocks {blocks[0]}-{blocks[-1]}" if len(blocks) > 1 else f"block {blocks[0]}")
+    return ", ".join(text + others) or "nothing"
+
+
+def parameter_lines(report: dict) -> list[str]:
+    """The parameter table of one rank; blocks after the first one held are folded into one line."""
+    lines, first_block, folded = [], None, set()
+    for param in report["parameters"]:
+        name = param["name"]
+        parts = name.split(".")
+        if "blocks" in parts:
+            block = parts[parts.index("blocks") + 1]
+            first_block = block if first_block is None else first_block
+            if block != first_block:
+                folded.add(int(block))
+                continue
+        optimizer = "sharded " + str(param["optimizer_shape"]) if param["optimizer_sharded"] else "not sharded"
+        lines.append(f"    {name:60s} {str(param['full_shape']):16s} -> {str(param['slice_shape']):16s} "
+                     f"optimizer {optimizer}")
+    if folded:
+        lines.append(f"    (blocks {min(folded)}-{max(folded)}: same shapes as block {first_block})")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from pangu.errors import ConfigError
+    from pangu.parallel.simenv import ensure_simulation_env, simulation_environ
+    from pangu.training.cli import checked_plan, model_config
+
+    config = model_config(args)
+    device_num = args.device_num
+    if device_num < 2:
+        raise ConfigError("--device_num must be at least 2 for a dry run of a parallel plan")
+    parallel = checked_plan(args, config, device_num)
+    if args.per_batch_size < 1:
+        raise ConfigError("--per_batch_size must be at least 1")
+    global_batch = args.per_batch_size * parallel.data_parallel
+    if global_batch % parallel.micro_batch_num:
+        raise ConfigError(f"the global batch ({global_batch} = per_batch_size x data_parallel) is not divisible "
+                          f"by --micro_size ({parallel.micro_batch_num})")
+    ranks = chosen_ranks(args.rank, device_num, parallel.pipeline_stage)
+    root = ensure_simulation_env(args.cache_dir)
+    spec = {"model": config.to_dict(), "parallel": asdict(parallel), "device_num": device_num,
+            "global_batch": global_batch, "optimizer": args.optimizer,
+            "optimizer_shard_threshold_kb": args.optimizer_shard_threshold}
+    print(f"dry run: {config.family} h={config.hidden_size} layers={config.num_layers} "
+          f"seq={config.max_position_embeddings}"
+          f" on {device_num} devices = dp {parallel.data_parallel} x mp {parallel.model_parallel} x stages "
+          f"{parallel.pipeline_stage} (micro {parallel.micro_batch_num}, optimizer shard "
+          f"{int(parallel.optimizer_shard)}, word_emb_dp {int(parallel.vocab_emb_dp)}), global batch {global_batch}; "
+          f"compiling rank(s) {', '.join(map(str, ranks))}", flush=True)
+    results, failed = [], 0
+    work = Path(tempfile.mkdtemp(prefix="pangu-dryrun-"))
+    try:
+        spec_path = work / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        for rank in ranks:
+            rank_dir = work / f"rank_{rank}"
+            rank_dir.mkdir()
+            report_path = rank_dir / "report.json"
+            status, wall, peak = _run_worker(spec_path, report_path, simulation_environ(root, device_num, rank),
+                                             rank_dir, args.timeout)
+            stage = rank // (device_num // parallel.pipeline_stage)
+            if status == 0 and report_path.exists():
+                report = json.loads(report_path.read_text())
+                report.update(process_s=round(wall, 2), peak_rss_bytes=peak)
+                results.append(report)
+                print(f"rank {rank} (stage {stage}): compiled in {report['compile_s']:.1f} s ({wall:.1f} s process,"
+                      f" peak RSS {_mb(peak)}); holds {_holds_text(report['holds'])}; parameters "
+                      f"{_mb(report['parameter_bytes'])} + Adam state {_mb(report['optimizer_bytes'])}", flush=True)
+                if not args.brief:
+                    print("\n".join(parameter_lines(report)), flush=True)
+                continue
+            failed += 1
+            log_text = (rank_dir / "worker.log").read_text(errors="replace")
+            if report_path.exists():
+                message = json.loads(report_path.read_text())["error"]
+                detail = compiler_detail(log_text)
+                if detail and detail not in message:
+                    message = f"{message}: {detail}"
+            elif status in (-9, 137):
+                message = f"killed after {wall:.0f} s (timeout {args.timeout} s, or out of memory)"
+            else:
+                log_tail = log_text.strip().splitlines()[-3:]
+                message = f"worker exited with status {status}: {' | '.join(log_tail)}"
+            results.append({"rank": rank, "stage": stage, "error": message, "process_s": round(wall, 2),
+                            "peak_rss_bytes": peak})
+            print(f"rank {rank} (stage {stage}): FAILED: {message}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(path.name + ".tmp")
+        staging.write_text(json.dumps({"plan": spec, "ranks": results}, indent=1))
+        staging.replace(path)
+    print(f"{len(ranks) - failed} of {len(ranks)} rank(s) compiled" + ("" if not failed else "; the plan is rejected"))
+    return 0 if not failed else 1
