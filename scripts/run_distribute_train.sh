@@ -29,6 +29,7 @@ for ((i = 0; i < LOCAL_DEVICE_NUM; i++)); do
         cd "device$i"
         export RANK_ID=$((i + RANK_START)) DEVICE_ID=$i
         "${PYTHON:-python}" "$ROOT/train.py" --distribute=true --device_num="$RANK_SIZE" --device_target=Ascend \
+            --parallel_mode=semi_auto_parallel --op_level_model_parallel_num=8 --optimizer_shard=1 \
             --data_url="$DATASET" --run_type=train --param_init_type="$PARAM_INIT_TYPE" --mode="$MODE" \
             --stage_num="$STAGE_NUM" --micro_size="$MICRO_SIZE" --per_batch_size="$PER_BATCH" "$@" \
             > "log$i.log" 2>&1 &

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Data-parallel training on GPUs with mpirun (reference arguments).
+# Training on GPUs with mpirun (reference arguments). The plan is the reference default, semi-auto parallel
+# with model parallel 8; pass e.g. --op_level_model_parallel_num=1 or --parallel_mode=data_parallel to change it.
 #   bash scripts/run_distribute_train_gpu.sh RANK_SIZE HOSTFILE DATASET PER_BATCH_SIZE MODE [train.py args...]
 # HOSTFILE lines look like "192.168.0.1 slots=8".
 set -euo pipefail
@@ -18,6 +19,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 mpirun --allow-run-as-root -x PATH -x NCCL_IB_HCA -x NCCL_SOCKET_IFNAME -x LD_LIBRARY_PATH -x PYTHONPATH \
     -x NCCL_DEBUG -x GLOG_v -n "$RANK_SIZE" --hostfile "$HOSTFILE" --output-filename log_output \
     --merge-stderr-to-stdout "${PYTHON:-python}" "$ROOT/train.py" --distribute=true --device_num="$RANK_SIZE" \
-    --device_target=GPU --data_url="$DATASET" --mode="$MODE" --per_batch_size="$PER_BATCH_SIZE" \
+    --device_target=GPU --parallel_mode=semi_auto_parallel --op_level_model_parallel_num=8 \
+    --data_url="$DATASET" --mode="$MODE" --per_batch_size="$PER_BATCH_SIZE" \
     --run_type=train "$@" > train_log.txt 2>&1 &
 echo "training started in the background; see train_log.txt and log_output/"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -160,6 +161,16 @@ def test_invalid_plans_are_refused_before_compiling(configs, tmp_path, devices, 
     assert "Traceback" not in result.stderr and not (tmp_path / "r.json").exists()
 
 
+def test_launcher_refuses_a_bad_plan(tmp_path):
+    from conftest import REPO_ROOT
+
+    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "run_dryrun.sh"), "pangu_alpha_tiny", "8", "3", "1",
+                             "1", "1"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                            env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 2
+    assert "not a multiple of op_level_model_parallel_num (3)" in result.stdout
+
+
 def test_compiler_rejection_is_one_readable_line(configs, tmp_path):
     # micro-batches of one row cannot be split over dp = 2: the parallel compiler refuses the strategy
     result, data = dryrun(configs["pangu_alpha"], tmp_path, 8, dp=2, mp=2, stages=2, micro=2, per_batch=1,
@@ -171,7 +182,7 @@ def test_compiler_rejection_is_one_readable_line(configs, tmp_path):
 
 
 def test_few_micro_batches_warn(configs, tmp_path):
-    result, _ = dryrun(configs["gpt2"], tmp_path, 8, dp=2, mp=2, stages=2, micro=1, extra=["--rank", "4"])
+    result, _ = dryrun(configs["gpt2"], tmp_path, 8, dp=1, mp=2, stages=4, micro=2, extra=["--rank", "6"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "pipeline bubble" in result.stderr
 

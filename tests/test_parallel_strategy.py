@@ -88,6 +88,8 @@ def test_few_micro_batches_warn():
     warnings = check_plan(get_preset("2.6B"), ParallelConfig(model_parallel=2, pipeline_stage=4,
                                                              micro_batch_num=2), 8)
     assert warnings and "bubble" in warnings[0]
+    with pytest.raises(ConfigError, match="micro_batch_num"):
+        check_plan(get_preset("2.6B"), ParallelConfig(model_parallel=2, pipeline_stage=4, micro_batch_num=1), 8)
 
 
 def test_reference_pipeline_example():

@@ -36,7 +36,7 @@ class CausalLM(nn.Cell):
 
     def construct(self, input_ids, position_ids, attention_bias):
         """input_ids, position_ids [B, S] int32; attention_bias [B, 1, S, S] fp32 -> logits [B, S, V] fp32."""
-        hidden, _, _ = self.backbone(input_ids, position_ids, attention_bias)
+        hidden = self.backbone(input_ids, position_ids, attention_bias)
         return self.backbone.logits(hidden)
 
     # ---- host-side helpers -------------------------------------------------------------------------

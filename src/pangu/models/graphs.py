@@ -20,7 +20,7 @@ class ForwardGraph(nn.Cell):
         self.backbone = backbone
 
     def construct(self, input_ids, position_ids, bias):
-        hidden, _, _ = self.backbone(input_ids, position_ids, bias)
+        hidden = self.backbone(input_ids, position_ids, bias)
         return self.backbone.logits(hidden)
 
 
@@ -33,7 +33,7 @@ class PrefillGraph(nn.Cell):
         self.backbone = backbone
 
     def construct(self, input_ids, position_ids, bias, last_index):
-        hidden, keys, values = self.backbone(input_ids, position_ids, bias)
+        hidden, keys, values = self.backbone.prefill(input_ids, position_ids, bias)
         batch = hidden.shape[0]
         rows = ops.arange(0, batch, dtype=ms.int32)
         last = ops.gather_nd(hidden, ops.stack((rows, last_index), axis=1))

@@ -283,8 +283,19 @@ class Backbone(nn.Cell):
         return _cast(self.top_query_embedding(position_ids), self.compute_dtype)
 
     def construct(self, input_ids, position_ids, bias):
-        """input_ids, position_ids [B, S] int32; bias [B, 1, S, S] fp32 -> (hidden [B, S, h] fp32, keys, values)
-        where keys/values are tuples with one [B, n, S, d] tensor per layer (for the KV cache)."""
+        """input_ids, position_ids [B, S] int32; bias [B, 1, S, S] fp32 -> hidden [B, S, h] fp32.
+
+        Training and the plain forward graph need no keys/values, so this path does not build them."""
+        x = self._embed(input_ids, position_ids)
+        for block in self.blocks:
+            x, _, _ = block(x, bias)
+        x = self.layernorm(x)
+        if self.has_top_query:
+            x, _, _ = self.top_query_layer(x, bias, self._top_query(position_ids))
+        return x
+
+    def prefill(self, input_ids, position_ids, bias):
+        """As `construct`, also returning keys/values: tuples with one [B, n, S, d] tensor per layer."""
         x = self._embed(input_ids, position_ids)
         keys, values = (), ()
         for block in self.blocks:

@@ -88,7 +88,7 @@ class LanguageModelWithLoss(nn.Cell):
         tokens = self.slice_tokens(input_ids, (0, 0), (batch, width - 1), (1, 1))
         labels = self.slice_labels(input_ids, (0, 1), (batch, width), (1, 1))
         bias = self.mask_mul(self.mask_sub(self.one, self.mask_cast(attention_mask, ms.float32)), self.blocked)
-        hidden, _, _ = self.model.backbone(tokens, position_ids, self.mask_expand(bias, 1))
+        hidden = self.model.backbone(tokens, position_ids, self.mask_expand(bias, 1))
         # logits as tokens x vocab: no reshape after the head, whose table may be a sliced parameter
         logits = self.model.backbone.logits(hidden.reshape(-1, hidden.shape[-1]))
         return self.loss(logits, labels, self.not_pad(tokens, self.pad_token_id))

@@ -59,10 +59,11 @@ def compile_rank(spec: dict) -> dict:
     from pangu.config import ModelConfig, ParallelConfig
     from pangu.models import build_model
     from pangu.parallel.strategy import layer_stages
+    from pangu.runtime import use_graph_mode
     from pangu.training.build import build_train_step, configure_parallel
     from pangu.training.schedule import WarmupCosineLR
 
-    ms.set_context(mode=ms.GRAPH_MODE)
+    use_graph_mode()
     ms.set_device("GPU")
     init()
     config = ModelConfig.from_dict(spec["model"])

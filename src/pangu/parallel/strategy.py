@@ -39,6 +39,9 @@ def check_plan(model: ModelConfig, parallel: ParallelConfig, device_num: int) ->
     if experts > 1 and (experts % ep or dp % ep):
         raise ConfigError(f"expert_num ({experts}) and data_parallel ({dp}) must be multiples of "
                           f"expert_parallel ({ep}).")
+    if stages > 1 and parallel.micro_batch_num < 2:
+        raise ConfigError(f"pipeline_stage ({stages}) > 1 needs micro_batch_num (--micro_size) of at least 2: "
+                          "MindSpore splits each batch into micro-batches for the pipeline.")
     warnings = []
     if stages > 1 and parallel.micro_batch_num < stages:
         warnings.append(f"micro_batch_num ({parallel.micro_batch_num}) < pipeline_stage ({stages}): the pipeline "

@@ -21,6 +21,24 @@ def dynamic_loss_scale(initial: float = LOSS_SCALE_INIT) -> nn.DynamicLossScaleU
                                          scale_window=LOSS_SCALE_WINDOW)
 
 
+# Per-gradient maps go through HyperMap: a Python comprehension over the gradient tuple made the compile
+# time and memory of the step grow quadratically with the number of parameters.
+_scale_grad = ops.MultitypeFuncGraph("scale_grad")
+_square_sum = ops.MultitypeFuncGraph("square_sum")
+_clear_grad = ops.MultitypeFuncGraph("clear_grad")
+
+
+@_scale_grad.register("Tensor", "Tensor")
+def _scale(factor, grad):
+    return grad * ops.cast(factor, grad.dtype)
+
+
+@_square_sum.register("Tensor")
+def _squares(grad):
+    return ops.reduce_sum(ops.square(ops.cast(grad, ms.float32)))
+
+
+@_clear_grad.register("Tensor", "Tensor")
 def _clear(accumulated, grad):
     return ops.assign(accumulated, ops.zeros_like(ops.depend(accumulated, grad)))
 
@@ -58,7 +76,7 @@ class TrainOneStep(nn.Cell):
         if self.accumulate:
             self.accu_grads = self.weights.clone(prefix="accu_grads", init="zeros")
             self.opt_shard = bool(ms.get_auto_parallel_context("enable_parallel_optimizer"))
-            self.hyper_map = ops.HyperMap()
+        self.hyper_map = ops.HyperMap()
 
     def construct(self, *inputs):
         loss = self.network(*inputs)
@@ -69,15 +87,15 @@ class TrainOneStep(nn.Cell):
             grads = self.reducer(grads)
         if self.accumulate and not self.opt_shard:
             grads = ops.depend(self.accu_grads, grads)
-        grads = tuple(g / ops.cast(scale, g.dtype) for g in grads)
-        global_norm = ops.sqrt(ops.addn([ops.reduce_sum(ops.square(ops.cast(g, ms.float32))) for g in grads]))
+        grads = self.hyper_map(ops.partial(_scale_grad, 1.0 / scale), grads)
+        global_norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
         overflow = ops.logical_not(ops.isfinite(global_norm))
         overflow = self.scale_update(self.scale_sense, overflow)
         factor = self.clip_norm / ops.maximum(global_norm, self.clip_norm)
-        grads = tuple(g * ops.cast(factor, g.dtype) for g in grads)
+        grads = self.hyper_map(ops.partial(_scale_grad, factor), grads)
         if not overflow:
             loss = ops.depend(loss, self.optimizer(grads))
         if self.accumulate:
-            loss = ops.depend(loss, self.hyper_map(_clear, self.accu_grads, grads))
+            loss = ops.depend(loss, self.hyper_map(_clear_grad, self.accu_grads, grads))
             loss = loss / self.micro_batches
         return loss, overflow, scale, global_norm
