@@ -114,7 +114,8 @@ def test_mp8_split_word_table_without_optimizer_shard(configs, tmp_path):
 def test_pipeline_two_stages(configs, tmp_path, family):
     parallel = ParallelConfig(data_parallel=2, model_parallel=2, pipeline_stage=2, micro_batch_num=2,
                               optimizer_shard=True)
-    result, data = dryrun(configs[family], tmp_path, 8, dp=2, mp=2, stages=2, micro=2, opt_shard=1)
+    result, data = dryrun(configs[family], tmp_path, 8, dp=2, mp=2, stages=2, micro=2, opt_shard=1,
+                          extra=["--jobs", "2"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert [r["rank"] for r in data["ranks"]] == [0, 4]  # the first rank of each stage
     for rank in data["ranks"]:
@@ -127,7 +128,8 @@ def test_pipeline_two_stages(configs, tmp_path, family):
 def test_sixteen_devices_four_stages(configs, tmp_path):
     parallel = ParallelConfig(data_parallel=2, model_parallel=2, pipeline_stage=4, micro_batch_num=4,
                               optimizer_shard=True)
-    result, data = dryrun(configs["pangu_alpha"], tmp_path, 16, dp=2, mp=2, stages=4, micro=4, opt_shard=1)
+    result, data = dryrun(configs["pangu_alpha"], tmp_path, 16, dp=2, mp=2, stages=4, micro=4, opt_shard=1,
+                          extra=["--jobs", "2"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert [r["stage"] for r in data["ranks"]] == [0, 1, 2, 3]
     for rank in data["ranks"]:

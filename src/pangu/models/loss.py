@@ -32,6 +32,7 @@ class MaskedCrossEntropy(nn.Cell):
         self.pick_mul = ops.Mul()
         self.pick_sum = ops.ReduceSum(keep_dims=True)
         self.pick_gather = ops.GatherD()
+        self.log_softmax = ops.LogSoftmax(axis=-1)
         self.nll_sub = ops.Sub()
         self.mask_mul = ops.Mul()
         self.mask_cast = ops.Cast()
@@ -46,15 +47,14 @@ class MaskedCrossEntropy(nn.Cell):
         if logits.ndim != 2:
             logits = logits.reshape(-1, vocab)
         labels = labels.reshape(-1)
-        shifted = self.sub(logits, ops.stop_gradient(self.max(logits, -1)))
-        log_sum = self.log(self.sum_exp(self.exp(shifted), -1))
         if self.vocab_parallel:
+            shifted = self.sub(logits, ops.stop_gradient(self.max(logits, -1)))
+            log_sum = self.log(self.sum_exp(self.exp(shifted), -1))
             # depth from the logits, not the constant: inside a pipeline stage they may be the head's slice
             onehot = self.onehot(labels, shifted.shape[-1], self.on, self.off)
-            picked = self.pick_sum(self.pick_mul(shifted, onehot), -1)
-        else:
-            picked = self.pick_gather(shifted, 1, labels.reshape(-1, 1))
-        nll = self.nll_sub(log_sum, picked).reshape(-1)
+            nll = self.nll_sub(log_sum, self.pick_sum(self.pick_mul(shifted, onehot), -1)).reshape(-1)
+        else:  # the fused log-softmax kernel is faster when the vocabulary axis is whole
+            nll = -self.pick_gather(self.log_softmax(logits), 1, labels.reshape(-1, 1)).reshape(-1)
         mask = self.mask_cast(mask.reshape(-1), ms.float32)
         return self.masked_sum(self.mask_mul(nll, mask), ()) / (self.mask_sum(mask, ()) + 1e-5)
 

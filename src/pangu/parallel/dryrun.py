@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="ranks to compile: 'all', or a comma list such as 0,63 (default: first rank of every stage)")
     run.add_argument("--json", help="write the full report (every rank, every parameter) to this file")
     run.add_argument("--timeout", type=int, default=1800, help="seconds allowed per rank")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="ranks compiled at once (one process each; a 200B rank needs about 9 GB)")
     run.add_argument("--cache_dir", help="where the simulation environment is built (default ~/.cache/pangu)")
     run.add_argument("--brief", action="store_true", help="one line per rank, no parameter table")
 
@@ -150,45 +153,54 @@ def run(args: argparse.Namespace) -> int:
           f"{parallel.pipeline_stage} (micro {parallel.micro_batch_num}, optimizer shard "
           f"{int(parallel.optimizer_shard)}, word_emb_dp {int(parallel.vocab_emb_dp)}), global batch {global_batch}; "
           f"compiling rank(s) {', '.join(map(str, ranks))}", flush=True)
-    results, failed = [], 0
     work = Path(tempfile.mkdtemp(prefix="pangu-dryrun-"))
+    spec_path = work / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    per_stage = device_num // parallel.pipeline_stage
+
+    def compile_one(rank: int) -> tuple[dict, str]:
+        """Compile one rank; return its report (or error record) and the text to print."""
+        rank_dir = work / f"rank_{rank}"
+        rank_dir.mkdir()
+        report_path = rank_dir / "report.json"
+        status, wall, peak = _run_worker(spec_path, report_path, simulation_environ(root, device_num, rank),
+                                         rank_dir, args.timeout)
+        stage = rank // per_stage
+        if status == 0 and report_path.exists():
+            report = json.loads(report_path.read_text())
+            report.update(process_s=round(wall, 2), peak_rss_bytes=peak)
+            text = (f"rank {rank} (stage {stage}): compiled in {report['compile_s']:.1f} s ({wall:.1f} s process, "
+                    f"peak RSS {_mb(peak)}); holds {_holds_text(report['holds'])}; parameters "
+                    f"{_mb(report['parameter_bytes'])} + Adam state {_mb(report['optimizer_bytes'])}")
+            if not args.brief:
+                text += "\n" + "\n".join(parameter_lines(report))
+            return report, text
+        log_text = (rank_dir / "worker.log").read_text(errors="replace")
+        if report_path.exists():
+            message = json.loads(report_path.read_text())["error"]
+            detail = compiler_detail(log_text)
+            if detail and detail not in message:
+                message = f"{message}: {detail}"
+        elif status in (-9, 137):
+            message = f"killed after {wall:.0f} s (timeout {args.timeout} s, or out of memory)"
+        else:
+            log_tail = log_text.strip().splitlines()[-3:]
+            message = f"worker exited with status {status}: {' | '.join(log_tail)}"
+        record = {"rank": rank, "stage": stage, "error": message, "process_s": round(wall, 2), "peak_rss_bytes": peak}
+        return record, f"rank {rank} (stage {stage}): FAILED: {message}"
+
+    results = []
     try:
-        spec_path = work / "spec.json"
-        spec_path.write_text(json.dumps(spec))
-        for rank in ranks:
-            rank_dir = work / f"rank_{rank}"
-            rank_dir.mkdir()
-            report_path = rank_dir / "report.json"
-            status, wall, peak = _run_worker(spec_path, report_path, simulation_environ(root, device_num, rank),
-                                             rank_dir, args.timeout)
-            stage = rank // (device_num // parallel.pipeline_stage)
-            if status == 0 and report_path.exists():
-                report = json.loads(report_path.read_text())
-                report.update(process_s=round(wall, 2), peak_rss_bytes=peak)
-                results.append(report)
-                print(f"rank {rank} (stage {stage}): compiled in {report['compile_s']:.1f} s ({wall:.1f} s process,"
-                      f" peak RSS {_mb(peak)}); holds {_holds_text(report['holds'])}; parameters "
-                      f"{_mb(report['parameter_bytes'])} + Adam state {_mb(report['optimizer_bytes'])}", flush=True)
-                if not args.brief:
-                    print("\n".join(parameter_lines(report)), flush=True)
-                continue
-            failed += 1
-            log_text = (rank_dir / "worker.log").read_text(errors="replace")
-            if report_path.exists():
-                message = json.loads(report_path.read_text())["error"]
-                detail = compiler_detail(log_text)
-                if detail and detail not in message:
-                    message = f"{message}: {detail}"
-            elif status in (-9, 137):
-                message = f"killed after {wall:.0f} s (timeout {args.timeout} s, or out of memory)"
-            else:
-                log_tail = log_text.strip().splitlines()[-3:]
-                message = f"worker exited with status {status}: {' | '.join(log_tail)}"
-            results.append({"rank": rank, "stage": stage, "error": message, "process_s": round(wall, 2),
-                            "peak_rss_bytes": peak})
-            print(f"rank {rank} (stage {stage}): FAILED: {message}", flush=True)
+        # each rank is its own process; --jobs N compiles N at once (mind memory: each may take GBs)
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            for future in as_completed([pool.submit(compile_one, rank) for rank in ranks]):
+                record, text = future.result()
+                results.append(record)
+                print(text, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    results.sort(key=lambda record: record["rank"])
+    failed = sum("error" in record for record in results)
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

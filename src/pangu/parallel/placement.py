@@ -55,8 +55,8 @@ LOSS_OPS = {
     "mask_mul": "input.mask_mul",
     "mask_expand": "input.mask_expand",
     **{f"loss.{name}": f"loss.{name}" for name in (
-        "max", "sub", "exp", "sum_exp", "log", "onehot", "pick_mul", "pick_sum", "pick_gather", "nll_sub",
-        "mask_cast", "mask_mul", "masked_sum", "mask_sum")},
+        "max", "sub", "exp", "sum_exp", "log", "onehot", "pick_mul", "pick_sum", "log_softmax", "pick_gather",
+        "nll_sub", "mask_cast", "mask_mul", "masked_sum", "mask_sum")},
 }
 
 
