@@ -129,6 +129,7 @@ def parameter_lines(report: dict) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from pangu.errors import ConfigError
     from pangu.parallel.simenv import ensure_simulation_env, simulation_environ
+    from pangu.parallel.strategy import rank_stage
     from pangu.training.cli import checked_plan, model_config
 
     config = model_config(args)
@@ -156,7 +157,6 @@ def run(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="pangu-dryrun-"))
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    per_stage = device_num // parallel.pipeline_stage
 
     def compile_one(rank: int) -> tuple[dict, str]:
         """Compile one rank; return its report (or error record) and the text to print."""
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         report_path = rank_dir / "report.json"
         status, wall, peak = _run_worker(spec_path, report_path, simulation_environ(root, device_num, rank),
                                          rank_dir, args.timeout)
-        stage = rank // per_stage
+        stage = rank_stage(rank, device_num, parallel.pipeline_stage)
         if status == 0 and report_path.exists():
             report = json.loads(report_path.read_text())
             report.update(process_s=round(wall, 2), peak_rss_bytes=peak)

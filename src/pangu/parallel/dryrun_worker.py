@@ -58,7 +58,7 @@ def compile_rank(spec: dict) -> dict:
 
     from pangu.config import ModelConfig, ParallelConfig
     from pangu.models import build_model
-    from pangu.parallel.strategy import layer_stages
+    from pangu.parallel.strategy import layer_stages, rank_stage
     from pangu.runtime import use_graph_mode
     from pangu.training.build import build_train_step, configure_parallel
     from pangu.training.schedule import WarmupCosineLR
@@ -87,7 +87,7 @@ def compile_rank(spec: dict) -> dict:
     compile_s = time.perf_counter() - start
 
     rank = get_rank()
-    stage = rank // (device_num // parallel.pipeline_stage)
+    stage = rank_stage(rank, device_num, parallel.pipeline_stage)
     layout = train_cell.parameter_layout_dict
     local = {p.name: tuple(p.shape) for p in train_cell.get_parameters()}
     parameters, param_bytes, optimizer_bytes = [], 0, 0

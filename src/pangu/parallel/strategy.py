@@ -165,6 +165,11 @@ def op_input_shapes(model: ModelConfig, batch: int, seq: int) -> dict[str, tuple
     }
 
 
+def rank_stage(rank: int, device_num: int, stages: int) -> int:
+    """The pipeline stage of a rank: MindSpore gives each stage a contiguous block of device_num / stages ranks."""
+    return rank // (device_num // stages)
+
+
 def layer_stages(model: ModelConfig, parallel: ParallelConfig) -> dict[str, int]:
     """Pipeline stage of each part (§7.3): blocks by `min(i // max(L // P, 1), P - 1)` with L = num_layers;
     embeddings on stage 0; final LayerNorm, top-query layer and head on the last stage."""
