@@ -102,7 +102,7 @@ def test_predict_script_end_to_end(pangu_dir, capsys):
 def test_predict_script_errors_are_one_line(pangu_dir, capsys):
     assert main(["--load_ckpt_path", str(pangu_dir), "--distribute", "true"]) == 2
     err = capsys.readouterr().err
-    assert "not supported" in err and err.count("\n") == 1
+    assert "cannot execute on CPU" in err and "dryrun --run_type predict" in err and err.count("\n") == 1
     assert main(["--load_ckpt_path", "/nonexistent/model"]) == 2
     assert "does not exist" in capsys.readouterr().err
 

@@ -52,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ref.add_argument("--max_generate_length", type=int, default=500)
     ref.add_argument("--end_token", type=int, default=None, help="stop id (default: the tokenizer's <eot>)")
     ref.add_argument("--param_init_type", choices=["fp16", "fp32"], default="fp32")
-    ref.add_argument("--distribute", type=str2bool, default=False)
+    ref.add_argument("--distribute", type=str2bool, default=False,
+                     help="split every layer over the launched devices (model parallel; GPU/Ascend, started by "
+                          "scripts/run_distribute_predict.sh or mpirun)")
     ref.add_argument("--strategy_load_ckpt_path", default="",
                      help="strategy file of released slices (default: found in the checkpoint folder)")
     ref.add_argument("--device_target", default=None, help="Ascend, GPU or CPU (default: MindSpore's)")
@@ -131,39 +133,67 @@ def _prompts(args: argparse.Namespace) -> list[str]:
     return read_prompts(args, default=DEFAULT_PROMPT)
 
 
+def start_distributed(device_target: str | None) -> tuple[int, int]:
+    """Join the launcher's process group; return (rank, device count). Sharded graphs need GPU or Ascend."""
+    import mindspore as ms
+    from mindspore.communication import get_group_size, get_rank, init
+
+    from pangu.errors import ConfigError
+
+    if (device_target or ms.get_context("device_target")) == "CPU":
+        raise ConfigError("--distribute true shards the model over devices, which cannot execute on CPU; compile "
+                          "the plan with `pangu dryrun --run_type predict` and run it on GPU or Ascend devices")
+    try:
+        init()
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError("--distribute true found no process group (start it with scripts/run_distribute_predict.sh "
+                          f"and a rank table, or mpirun): {first}") from None
+    return get_rank(), get_group_size()
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.distribute:
-        raise InputError("--distribute=true is not supported by predict.py yet; run with --distribute=false "
-                         "(one device)")
     if args.device_target:
         import mindspore as ms
 
         ms.set_context(device_target=args.device_target, device_id=args.device_id)
+    rank, device_num = start_distributed(args.device_target) if args.distribute else (0, 1)
     from pangu.tokenizers import load_tokenizer
 
     model_dir = _model_dir(args)
     dtype = {"fp16": "float16", "fp32": "float32"}[args.param_init_type]
     model = load_model(model_dir, args.mode, args.strategy_load_ckpt_path or None,
                        dropout_rate=0.0, param_dtype=dtype, compute_dtype=dtype)
+    if args.distribute:
+        from pangu.parallel.inference import distribute_for_inference
+
+        # each rank keeps its slice of the whole weights when the graphs first compile
+        distribute_for_inference(model, device_num, rank)
+        logger.info("rank %d of %d: model parallel over all devices", rank, device_num)
     kind = args.tokenizer or ("gpt2" if model.config.family == "gpt2" else "pangu-alpha")
     tokenizer = load_tokenizer(kind, args.tokenizer_path)
     logger.info("model %s (%s, --mode %s)", model_dir, model.config.family, args.mode)
+    speaks = rank == 0  # every rank runs every graph (they exchange activations); rank 0 prints
+    # every rank must draw the same tokens, so sharded runs always seed (0 unless --seed says otherwise)
+    seed = 0 if args.distribute and args.seed is None else args.seed
     if args.eval_task == "c3":
         if not args.eval_data_url:
             raise InputError("--eval_task c3 needs --eval_data_url, the folder with c3-d-dev.json")
         from pangu.evaluation.c3 import evaluate_c3
 
-        result = evaluate_c3(model, tokenizer, args.eval_data_url, limit=args.eval_limit)
-        print({"top1_acc": round(result["top1_acc"], 4)})
+        result = evaluate_c3(model, tokenizer, args.eval_data_url, limit=args.eval_limit, progress=speaks)
+        if speaks:
+            print({"top1_acc": round(result["top1_acc"], 4)})
         return 0
     sampling = reference_sampling(args.top_k_num, args.top_p, args.frequency_penalty, args.presence_penalty,
                                   args.temperature)
     end_token = tokenizer.eot_id if args.end_token is None else args.end_token
     for prompt in _prompts(args):
         ids = tokenizer.encode(prompt)
-        new = predict_ids(model, ids, sampling, args.max_generate_length, end_token, args.seed, args.use_past)
-        sys.stdout.write(tokenizer.decode(ids + new) + "\n")
-        sys.stdout.flush()
+        new = predict_ids(model, ids, sampling, args.max_generate_length, end_token, seed, args.use_past)
+        if speaks:
+            sys.stdout.write(tokenizer.decode(ids + new) + "\n")
+            sys.stdout.flush()
     return 0
 
 

@@ -33,6 +33,7 @@ class CausalLM(nn.Cell):
         self.config = config
         self.backbone = Backbone(config)
         self._graphs: dict[str, nn.Cell] = {}
+        self._graph_wrapper = None
 
     def construct(self, input_ids, position_ids, attention_bias):
         """input_ids, position_ids [B, S] int32; attention_bias [B, 1, S, S] fp32 -> logits [B, S, V] fp32."""
@@ -48,8 +49,15 @@ class CausalLM(nn.Cell):
 
             use_graph_mode()
 
-            self._graphs[name] = graphs.GRAPHS[name](self.backbone)
+            cell = graphs.GRAPHS[name](self.backbone)
+            self._graphs[name] = self._graph_wrapper(name, cell) if self._graph_wrapper else cell
         return self._graphs[name]
+
+    def set_graph_wrapper(self, wrapper) -> None:
+        """Route every graph through `wrapper(name, cell) -> callable` (sharded inference uses this to declare
+        input layouts); graphs built before are dropped."""
+        self._graph_wrapper = wrapper
+        self._graphs.clear()
 
     def check_input_ids(self, input_ids: np.ndarray) -> None:
         """Raise `InputError` when ids are outside the vocabulary or longer than the position table."""

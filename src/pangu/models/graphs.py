@@ -52,9 +52,11 @@ class DecodeGraph(nn.Cell):
     def construct(self, input_ids, position_ids, bias, slot, *cache):
         keys = cache[:self.num_layers]
         values = cache[self.num_layers:]
-        hidden, keys, values = self.backbone.step(input_ids, position_ids, bias, slot, keys, values)
+        batch = input_ids.shape[0]
+        hidden, keys, values = self.backbone.step(input_ids.reshape(batch, 1), position_ids.reshape(batch, 1),
+                                                  bias, slot, keys, values)
         logits = self.backbone.logits(hidden)
-        return (logits,) + keys + values
+        return (logits.reshape(batch, -1),) + keys + values
 
 
 GRAPHS = {"forward": ForwardGraph, "prefill": PrefillGraph, "decode": DecodeGraph}

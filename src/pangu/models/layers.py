@@ -178,6 +178,11 @@ class Attention(nn.Cell):
         self.softmax = ops.Softmax(axis=-1)
         self.context_matmul = ops.BatchMatMul()
         self.merge_heads = ops.Transpose()
+        # the cache write is arithmetic, cache * (1 - slot) + new * slot (exact for a 0/1 slot), because the
+        # parallel Select needs equal input shapes and would make the one-slot update a full-cache broadcast
+        self.cache_keep_mul = ops.Mul()
+        self.cache_new_mul = ops.Mul()
+        self.cache_add = ops.Add()
 
     def _heads(self, x):
         b, s, _ = x.shape
@@ -202,16 +207,22 @@ class Attention(nn.Cell):
         v = self._heads(self.dense3(kv_input))
         return self._attend(q, k, v, bias), k, v
 
+    def _write(self, cache, new, slot):
+        """cache [B, n, T, d] with new [B, n, 1, d] written where slot [B, 1, T, 1] (0/1 in cache.dtype) is 1."""
+        keep = 1 - slot
+        return self.cache_add(self.cache_keep_mul(cache, keep), self.cache_new_mul(_cast(new, cache.dtype), slot))
+
     def step(self, query_input, kv_input, bias, slot, k_cache, v_cache):
-        """One new position per row: inputs [B, h]; bias [B, 1, 1, T]; slot [B, 1, T, 1] bool, true at the
-        cache slot this row writes; caches [B, n, T, d]. With one query position no head transposes are needed."""
+        """One new position per row: inputs [B, 1, h]; bias [B, 1, 1, T]; slot [B, 1, T, 1] 0/1, 1 at the
+        cache slot this row writes; caches [B, n, T, d]. With one query position no head transposes are needed:
+        [B, 1, n*d] and [B, n, 1, d] hold the same values in the same order."""
         b = query_input.shape[0]
         shape = (b, self.num_heads, 1, self.head_dim)
         q = self.dense1(query_input).reshape(shape)
-        k_cache = ops.where(slot, _cast(self.dense2(kv_input), k_cache.dtype).reshape(shape), k_cache)
-        v_cache = ops.where(slot, _cast(self.dense3(kv_input), v_cache.dtype).reshape(shape), v_cache)
+        k_cache = self._write(k_cache, self.dense2(kv_input).reshape(shape), slot)
+        v_cache = self._write(v_cache, self.dense3(kv_input).reshape(shape), slot)
         ctx = self._context(q, _cast(k_cache, self.compute_dtype), _cast(v_cache, self.compute_dtype), bias)
-        out = self.dropout(self.projection(ctx.reshape(b, self.num_heads * self.head_dim)))
+        out = self.dropout(self.projection(ctx.reshape(b, 1, self.num_heads * self.head_dim)))
         return out, k_cache, v_cache
 
 
@@ -308,8 +319,11 @@ class Backbone(nn.Cell):
         return x, keys, values
 
     def step(self, input_ids, position_ids, bias, slot, keys, values):
-        """One token per row: input_ids, position_ids [B]; bias [B, 1, 1, T]; slot [B, 1, T, 1] bool;
-        keys/values: tuples of [B, n, T, d]. The top-query layer uses the true position of each row."""
+        """One token per row: input_ids, position_ids [B, 1]; bias [B, 1, 1, T]; slot [B, 1, T, 1] bool;
+        keys/values: tuples of [B, n, T, d] -> hidden [B, 1, h]. The residual stream keeps the [B, S, h] layout of
+        `construct` (S = 1), so one shard strategy table serves training, prefill and decode. The top-query
+        layer uses the true position of each row."""
+        slot = _cast(slot, keys[0].dtype)
         x = self._embed(input_ids, position_ids)
         new_keys, new_values = (), ()
         for i, block in enumerate(self.blocks):

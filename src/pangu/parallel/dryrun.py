@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_parallel_arguments(parser)
     run = parser.add_argument_group("dry run")
+    run.add_argument("--run_type", choices=["train", "predict"], default="train",
+                     help="train: the training step of the plan given; predict: the forward, prefill and decode "
+                          "graphs of predict.py --distribute true (model parallel over all devices)")
     run.add_argument("--rank", default=None,
                      help="ranks to compile: 'all', or a comma list such as 0,63 (default: first rank of every stage)")
     run.add_argument("--json", help="write the full report (every rank, every parameter) to this file")
@@ -118,9 +121,15 @@ def parameter_lines(report: dict) -> list[str]:
             if block != first_block:
                 folded.add(int(block))
                 continue
-        optimizer = "sharded " + str(param["optimizer_shape"]) if param["optimizer_sharded"] else "not sharded"
-        lines.append(f"    {name:60s} {str(param['full_shape']):16s} -> {str(param['slice_shape']):16s} "
-                     f"optimizer {optimizer}")
+        line = f"    {name:60s} {str(param['full_shape']):16s} -> {str(param['slice_shape']):16s}"
+        if "optimizer_shape" in param:
+            line += " optimizer " + ("sharded " + str(param["optimizer_shape"]) if param["optimizer_sharded"]
+                                     else "not sharded")
+        if "holds" in param:  # which slice of the loaded weights this rank holds, read from the values
+            held = param["holds"]
+            line += (" weights: whole" if held == {} else " weights: NOT a slice" if held is None
+                     else f" weights: part {held['part']} of axis {held['axis']}")
+        lines.append(line)
     if folded:
         lines.append(f"    (blocks {min(folded)}-{max(folded)}: same shapes as block {first_block})")
     return lines
@@ -128,14 +137,15 @@ def parameter_lines(report: dict) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from pangu.errors import ConfigError
-    from pangu.parallel.simenv import ensure_simulation_env, simulation_environ
-    from pangu.parallel.strategy import rank_stage
+    from pangu.parallel.simenv import ensure_simulation_env
     from pangu.training.cli import checked_plan, model_config
 
     config = model_config(args)
     device_num = args.device_num
     if device_num < 2:
         raise ConfigError("--device_num must be at least 2 for a dry run of a parallel plan")
+    if args.run_type == "predict":
+        return run_predict(args, config)
     parallel = checked_plan(args, config, device_num)
     if args.per_batch_size < 1:
         raise ConfigError("--per_batch_size must be at least 1")
@@ -154,27 +164,74 @@ def run(args: argparse.Namespace) -> int:
           f"{parallel.pipeline_stage} (micro {parallel.micro_batch_num}, optimizer shard "
           f"{int(parallel.optimizer_shard)}, word_emb_dp {int(parallel.vocab_emb_dp)}), global batch {global_batch}; "
           f"compiling rank(s) {', '.join(map(str, ranks))}", flush=True)
+    return compile_ranks(args, spec, ranks, root, describe)
+
+
+def describe(report: dict, wall: float, peak: int, brief: bool) -> str:
+    """The lines printed for one compiled rank of a training plan."""
+    text = (f"rank {report['rank']} (stage {report['stage']}): compiled in {report['compile_s']:.1f} s "
+            f"({wall:.1f} s process, peak RSS {_mb(peak)}); holds {_holds_text(report['holds'])}; parameters "
+            f"{_mb(report['parameter_bytes'])} + Adam state {_mb(report['optimizer_bytes'])}")
+    return text if brief else text + "\n" + "\n".join(parameter_lines(report))
+
+
+def describe_predict(report: dict, wall: float, peak: int, brief: bool) -> str:
+    """The lines printed for one compiled rank of the sharded predict plan."""
+    graphs = report["graphs"]
+    times = ", ".join(f"{name} {graph['compile_s']:.1f} s" for name, graph in graphs.items())
+    text = (f"rank {report['rank']}: compiled {times} ({wall:.1f} s process, peak RSS {_mb(peak)}); parameters "
+            f"{_mb(report['parameter_bytes'])}; KV cache per layer on this rank: prefill returns "
+            f"{graphs['prefill']['outputs'][1]}, decode takes {graphs['decode']['inputs'][4]} and returns "
+            f"{graphs['decode']['outputs'][1]}; logits {graphs['decode']['outputs'][0]}")
+    return text if brief else text + "\n" + "\n".join(parameter_lines(report))
+
+
+def run_predict(args: argparse.Namespace, config) -> int:
+    """Dry run of `predict.py --distribute true`: every device holds a slice of every layer."""
+    from pangu.config import count_parameters
+    from pangu.parallel.inference import inference_plan
+    from pangu.parallel.simenv import ensure_simulation_env
+
+    device_num = args.device_num
+    inference_plan(config, device_num)
+    if args.rank is None:
+        ranks = sorted({0, device_num - 1})
+    else:
+        ranks = chosen_ranks(args.rank, device_num, 1)
+    root = ensure_simulation_env(args.cache_dir)
+    # real weights are loaded (and each rank's slice checked) when they fit comfortably in memory
+    spec = {"run_type": "predict", "model": config.to_dict(), "device_num": device_num,
+            "batch": args.per_batch_size, "check_weights": count_parameters(config) < 50_000_000}
+    print(f"dry run of sharded inference: {config.family} h={config.hidden_size} layers={config.num_layers} "
+          f"seq={config.max_position_embeddings} batch={args.per_batch_size} on {device_num} devices = model "
+          f"parallel {device_num}, word table whole; compiling rank(s) {', '.join(map(str, ranks))}", flush=True)
+    return compile_ranks(args, spec, ranks, root, describe_predict)
+
+
+def compile_ranks(args: argparse.Namespace, spec: dict, ranks: list[int], root: Path, describe) -> int:
+    """Compile each rank in its own simulated process; print its report; exit status 0 when all compiled."""
+    from pangu.parallel.simenv import simulation_environ
+    from pangu.parallel.strategy import rank_stage
+
+    device_num = spec["device_num"]
+    stages = spec.get("parallel", {}).get("pipeline_stage", 1)
     work = Path(tempfile.mkdtemp(prefix="pangu-dryrun-"))
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec))
+    environ = dict(os.environ, MS_DEV_DUMP_IR_PASSES="validate")  # predict reads the validate IR only
 
     def compile_one(rank: int) -> tuple[dict, str]:
         """Compile one rank; return its report (or error record) and the text to print."""
         rank_dir = work / f"rank_{rank}"
         rank_dir.mkdir()
         report_path = rank_dir / "report.json"
-        status, wall, peak = _run_worker(spec_path, report_path, simulation_environ(root, device_num, rank),
+        status, wall, peak = _run_worker(spec_path, report_path, simulation_environ(root, device_num, rank, environ),
                                          rank_dir, args.timeout)
-        stage = rank_stage(rank, device_num, parallel.pipeline_stage)
+        stage = rank_stage(rank, device_num, stages)
         if status == 0 and report_path.exists():
             report = json.loads(report_path.read_text())
             report.update(process_s=round(wall, 2), peak_rss_bytes=peak)
-            text = (f"rank {rank} (stage {stage}): compiled in {report['compile_s']:.1f} s ({wall:.1f} s process, "
-                    f"peak RSS {_mb(peak)}); holds {_holds_text(report['holds'])}; parameters "
-                    f"{_mb(report['parameter_bytes'])} + Adam state {_mb(report['optimizer_bytes'])}")
-            if not args.brief:
-                text += "\n" + "\n".join(parameter_lines(report))
-            return report, text
+            return report, describe(report, wall, peak, args.brief)
         log_text = (rank_dir / "worker.log").read_text(errors="replace")
         if report_path.exists():
             message = json.loads(report_path.read_text())["error"]

@@ -79,6 +79,10 @@ def strategy_table(parallel: ParallelConfig) -> dict[str, Strategy]:
         "attention.prob_dropout": ((dp, mp, 1, 1),),
         "attention.context.batch_matmul": ((dp, mp, 1, 1), (dp, mp, 1, 1)),
         "attention.merge_heads.transpose": ((dp, mp, 1, 1),),
+        # decode: the new key/value [B, n, 1, d] is written into the cache [B, n, T, d] at a 0/1 slot [B, 1, T, 1]
+        "attention.cache_keep.mul": ((dp, mp, 1, 1), (dp, 1, 1, 1)),
+        "attention.cache_new.mul": ((dp, mp, 1, 1), (dp, 1, 1, 1)),
+        "attention.cache.add": ((dp, mp, 1, 1), (dp, mp, 1, 1)),
         "attention.projection.matmul": ((dp, mp), (mp, 1)),  # weight [in, out]: row-parallel, then allreduce
         "attention.projection.bias_add": ((dp, 1), (1,)),
         "attention.dropout": ((dp, 1, 1),),
@@ -136,6 +140,9 @@ def op_input_shapes(model: ModelConfig, batch: int, seq: int) -> dict[str, tuple
         "attention.prob_dropout": ((batch, n, seq, seq),),
         "attention.context.batch_matmul": ((batch, n, seq, seq), heads),
         "attention.merge_heads.transpose": (heads,),
+        "attention.cache_keep.mul": (heads, (batch, 1, seq, 1)),
+        "attention.cache_new.mul": ((batch, n, 1, d), (batch, 1, seq, 1)),
+        "attention.cache.add": (heads, heads),
         "attention.projection.matmul": ((tokens, h), (h, h)),
         "attention.projection.bias_add": ((tokens, h), (h,)),
         "attention.dropout": (hidden,),

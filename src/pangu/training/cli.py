@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     from pangu.config import ParallelConfig
     from pangu.errors import ConfigError
     from pangu.models import build_model, from_pretrained
-    from pangu.training.build import SHARDED_MODES, configure_parallel
+    from pangu.parallel.context import SHARDED_MODES, configure_parallel
     from pangu.training.trainer import TrainSettings, train
 
     sharded = args.parallel_mode in SHARDED_MODES
