@@ -5,12 +5,15 @@ GPT-2 small with random weights (made by transformers, loaded through `from_pret
 C3: a tiny PanGu-alpha (random weights, 1024-token rows as the reference scores them) on the first
 questions of c3-d-dev with the released tokenizer (needs ../shared/data).
 
+Each decode measurement runs in its own process, so that compiled graphs of one do not hold memory in the next.
+
     python bench/bench_inference.py [--new_tokens 16] [--c3_questions 50] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,9 +23,38 @@ from common import elapsed, write_json
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+METHODS = ("cached", "uncached", "hf_cached")
+
+
 def _timed(fn) -> float:
     fn()  # warm-up: compiles the graphs of this shape
     return elapsed(fn)
+
+
+def measure(batch: int, method: str, context: int, n: int) -> float:
+    """Seconds of one greedy `generate` of `n` new tokens after a `context`-token prompt (after a warm-up)."""
+    import torch
+    from common import gpt2_small_pair
+
+    hf, ours = gpt2_small_pair()
+    prompt = np.random.default_rng(batch).integers(0, 50257, size=(batch, context))
+    if method == "hf_cached":
+        def run():
+            with torch.no_grad():
+                t = torch.from_numpy(prompt)
+                hf.generate(t, attention_mask=torch.ones_like(t), max_new_tokens=n, min_new_tokens=n,
+                            do_sample=False, pad_token_id=50256)
+        return _timed(run)
+    return _timed(lambda: ours.generate(prompt, max_new_tokens=n, use_cache=method == "cached"))
+
+
+def measure_in_subprocess(batch: int, method: str, context: int, n: int) -> float:
+    """`measure` in a fresh process: MindSpore keeps the memory of every compiled shape until exit, so one
+    process measuring everything would hold all of them at once (batch 8 at 512 tokens then runs out)."""
+    command = [sys.executable, __file__, "--only", f"{batch}:{method}", "--context", str(context),
+               "--new_tokens", str(n)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -31,28 +63,17 @@ def main(argv=None) -> int:
     parser.add_argument("--new_tokens", type=int, default=16)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--c3_questions", type=int, default=50)
+    parser.add_argument("--only", help=argparse.SUPPRESS)  # BATCH:METHOD, one measurement (the subprocesses)
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-
-    import torch
-    from common import gpt2_small_pair
-
-    hf, ours = gpt2_small_pair()
     n, rows = args.new_tokens, []
+    if args.only:
+        batch, method = args.only.split(":")
+        print(measure(int(batch), method, args.context, n))
+        return 0
     for batch in args.batches:
-        prompt = np.random.default_rng(batch).integers(0, 50257, size=(batch, args.context))
-        cached = _timed(lambda p=prompt: ours.generate(p, max_new_tokens=n))
-        uncached = _timed(lambda p=prompt: ours.generate(p, max_new_tokens=n, use_cache=False))
-
-        def hf_generate(p=prompt):
-            with torch.no_grad():
-                t = torch.from_numpy(p)
-                hf.generate(t, attention_mask=torch.ones_like(t), max_new_tokens=n, min_new_tokens=n,
-                            do_sample=False, pad_token_id=50256)
-
-        peer = _timed(hf_generate)
-        rows.append({"batch": batch, "cached_tok_s": batch * n / cached, "uncached_tok_s": batch * n / uncached,
-                     "hf_cached_tok_s": batch * n / peer})
+        seconds = {method: measure_in_subprocess(batch, method, args.context, n) for method in METHODS}
+        rows.append({"batch": batch, **{f"{method}_tok_s": batch * n / seconds[method] for method in METHODS}})
 
     result = {"context": args.context, "new_tokens": n, "decode": rows}
     print(f"GPT-2 small, {args.context}-token context, {n} new tokens, fp32 CPU (tokens/s, all rows of the batch)")
