@@ -85,6 +85,7 @@ def place_model(model, parallel: ParallelConfig) -> None:
         blocks.append(backbone.top_query_layer)
     for block in blocks:
         _shard_all(block, BLOCK_OPS, table)
+        block.attention.sharded_cache_write = True
     if parallel.pipeline_stage > 1:
         stages = layer_stages(model.config, parallel)
         for name in ("word_embedding", "position_embedding", "embedding_sum"):
