@@ -48,13 +48,18 @@ def measure(batch: int, method: str, context: int, n: int) -> float:
     return _timed(lambda: ours.generate(prompt, max_new_tokens=n, use_cache=method == "cached"))
 
 
-def measure_in_subprocess(batch: int, method: str, context: int, n: int) -> float:
+def measure_in_subprocess(batch: int, method: str, context: int, n: int) -> float | None:
     """`measure` in a fresh process: MindSpore keeps the memory of every compiled shape until exit, so one
-    process measuring everything would hold all of them at once (batch 8 at 512 tokens then runs out)."""
+    process measuring everything would hold all of them at once. None (and a note) when the process dies,
+    e.g. killed for memory."""
     command = [sys.executable, __file__, "--only", f"{batch}:{method}", "--context", str(context),
                "--new_tokens", str(n)]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return float(out.strip().splitlines()[-1])
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"batch {batch} {method}: the measuring process exited with status {result.returncode}"
+              + (" (killed: out of memory?)" if result.returncode == -9 else ""), file=sys.stderr)
+        return None
+    return float(result.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -73,15 +78,20 @@ def main(argv=None) -> int:
         return 0
     for batch in args.batches:
         seconds = {method: measure_in_subprocess(batch, method, args.context, n) for method in METHODS}
-        rows.append({"batch": batch, **{f"{method}_tok_s": batch * n / seconds[method] for method in METHODS}})
+        rows.append({"batch": batch, **{f"{method}_tok_s": batch * n / seconds[method] if seconds[method] else None
+                                        for method in METHODS}})
 
     result = {"context": args.context, "new_tokens": n, "decode": rows}
     print(f"GPT-2 small, {args.context}-token context, {n} new tokens, fp32 CPU (tokens/s, all rows of the batch)")
     print(f"{'batch':>6}{'KV cache':>11}{'no cache':>11}{'speed-up':>10}{'transformers':>14}{'ratio':>8}")
+    def cell(value, width, unit=""):
+        return f"{value:>{width - len(unit)}.{2 if unit == ' ' else 1}f}{unit}" if value else f"{'-':>{width}}"
+
     for r in rows:
-        print(f"{r['batch']:>6}{r['cached_tok_s']:>11.1f}{r['uncached_tok_s']:>11.1f}"
-              f"{r['cached_tok_s'] / r['uncached_tok_s']:>9.1f}x{r['hf_cached_tok_s']:>14.1f}"
-              f"{r['cached_tok_s'] / r['hf_cached_tok_s']:>8.2f}")
+        cached, uncached, peer = r["cached_tok_s"], r["uncached_tok_s"], r["hf_cached_tok_s"]
+        print(f"{r['batch']:>6}{cell(cached, 11)}{cell(uncached, 11)}"
+              f"{cell(cached and uncached and cached / uncached, 10, 'x')}{cell(peer, 14)}"
+              f"{cell(cached and peer and cached / peer, 8, ' ')}")
 
     if (DATA / "c3" / "c3-d-dev.json").is_file():
         import mindspore as ms
