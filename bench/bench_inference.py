@@ -84,14 +84,14 @@ def main(argv=None) -> int:
     result = {"context": args.context, "new_tokens": n, "decode": rows}
     print(f"GPT-2 small, {args.context}-token context, {n} new tokens, fp32 CPU (tokens/s, all rows of the batch)")
     print(f"{'batch':>6}{'KV cache':>11}{'no cache':>11}{'speed-up':>10}{'transformers':>14}{'ratio':>8}")
-    def cell(value, width, unit=""):
-        return f"{value:>{width - len(unit)}.{2 if unit == ' ' else 1}f}{unit}" if value else f"{'-':>{width}}"
+    def show(value, spec, suffix=""):  # a failed measurement (None) shows as "-"
+        return format(value, spec) + suffix if value else "-"
 
     for r in rows:
         cached, uncached, peer = r["cached_tok_s"], r["uncached_tok_s"], r["hf_cached_tok_s"]
-        print(f"{r['batch']:>6}{cell(cached, 11)}{cell(uncached, 11)}"
-              f"{cell(cached and uncached and cached / uncached, 10, 'x')}{cell(peer, 14)}"
-              f"{cell(cached and peer and cached / peer, 8, ' ')}")
+        speed_up = show(cached and uncached and cached / uncached, ".1f", "x")
+        print(f"{r['batch']:>6}{show(cached, '.1f'):>11}{show(uncached, '.1f'):>11}{speed_up:>10}"
+              f"{show(peer, '.1f'):>14}{show(cached and peer and cached / peer, '.2f'):>8}")
 
     if (DATA / "c3" / "c3-d-dev.json").is_file():
         import mindspore as ms

@@ -123,7 +123,7 @@ class Linear(nn.Cell):
         return self.bias_add(y, _cast(self.bias, self.compute_dtype))
 
     def construct(self, x):
-        if x.ndim == 2:  # tokens [N, in] (and the decode path's [B, h]): no reshapes
+        if x.ndim == 2:  # already tokens [N, in]: no reshapes
             return self._affine(x)
         shape = x.shape
         return self._affine(x.reshape(-1, shape[-1])).reshape(shape[:-1] + (self.n_out,))

@@ -1,4 +1,5 @@
-"""`pangu dryrun`: prove a parallel plan by compiling the real sharded training step, one rank per process.
+"""`pangu dryrun`: prove a parallel plan by compiling the real sharded training step (or, with `--run_type
+predict`, the graphs of sharded inference), one rank per process.
 
 Takes the model and parallel arguments of `train.py`, checks the plan (§7.1), then compiles each chosen rank
 (default: the first rank of every pipeline stage) under MindSpore's simulation mode in a subprocess with
@@ -218,14 +219,12 @@ def compile_ranks(args: argparse.Namespace, spec: dict, ranks: list[int], root: 
     work = Path(tempfile.mkdtemp(prefix="pangu-dryrun-"))
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    environ = dict(os.environ, MS_DEV_DUMP_IR_PASSES="validate")  # predict reads the validate IR only
-
     def compile_one(rank: int) -> tuple[dict, str]:
         """Compile one rank; return its report (or error record) and the text to print."""
         rank_dir = work / f"rank_{rank}"
         rank_dir.mkdir()
         report_path = rank_dir / "report.json"
-        status, wall, peak = _run_worker(spec_path, report_path, simulation_environ(root, device_num, rank, environ),
+        status, wall, peak = _run_worker(spec_path, report_path, simulation_environ(root, device_num, rank),
                                          rank_dir, args.timeout)
         stage = rank_stage(rank, device_num, stages)
         if status == 0 and report_path.exists():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -161,6 +162,8 @@ def compile_inference_rank(spec: dict) -> dict:
     """Compile the forward, prefill and decode graphs of the sharded predict plan on this rank; report each
     graph's per-rank input/output shapes (the KV cache must keep one layout from prefill to decode), every
     parameter's slice and, with `check_weights`, which slice of the loaded weights the rank holds."""
+    # the layouts are read from IR dumps, of which only the validate pass is needed (set before MindSpore loads)
+    os.environ["MS_DEV_DUMP_IR_PASSES"] = "validate"
     import mindspore as ms
     from mindspore.common.initializer import One
     from mindspore.communication import get_rank, init
