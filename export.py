@@ -2,7 +2,7 @@
 
 import sys
 
-from pangu.entry import not_yet
+from pangu_zoo.entry import not_yet
 
 if __name__ == "__main__":
     sys.exit(not_yet("export"))

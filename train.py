@@ -2,7 +2,7 @@
 
 import sys
 
-from pangu.cli import main
+from pangu_zoo.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

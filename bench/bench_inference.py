@@ -96,9 +96,9 @@ def main(argv=None) -> int:
     if (DATA / "c3" / "c3-d-dev.json").is_file():
         import mindspore as ms
 
-        from pangu.evaluation.c3 import evaluate_c3
-        from pangu.models import build_model
-        from pangu.tokenizers import load_tokenizer
+        from pangu_zoo.evaluation.c3 import evaluate_c3
+        from pangu_zoo.models import build_model
+        from pangu_zoo.tokenizers import load_tokenizer
 
         ms.set_seed(0)
         model = build_model("pangu_alpha_tiny", dropout_rate=0.0)

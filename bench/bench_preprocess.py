@@ -22,7 +22,7 @@ COMMAND = "PYTHONPATH=src python bench/bench_preprocess.py --write bench_preproc
 
 
 def _preprocess_row(workers: int) -> tuple[str, float, float]:
-    from pangu.data.preprocess import add_arguments, preprocess
+    from pangu_zoo.data.preprocess import add_arguments, preprocess
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -38,7 +38,7 @@ def _preprocess_row(workers: int) -> tuple[str, float, float]:
 
 
 def _tokenizer_rows(kind: str, path: Path, lines: list[str]) -> list[tuple[str, float, float]]:
-    from pangu.tokenizers import load_tokenizer
+    from pangu_zoo.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(kind, path)
     tokenizer.warm_up()

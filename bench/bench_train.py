@@ -22,7 +22,7 @@ def gemm_peak_gflops(size: int = 2048, repeats: int = 5) -> dict[str, float]:
     import torch
     from mindspore import nn, ops
 
-    from pangu.runtime import use_graph_mode
+    from pangu_zoo.runtime import use_graph_mode
 
     use_graph_mode()
 
@@ -53,13 +53,13 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    from pangu.config import get_preset
-    from pangu.models import build_model
-    from pangu.models.loss import LanguageModelWithLoss
-    from pangu.runtime import use_graph_mode
-    from pangu.training.optimizer import build_optimizer
-    from pangu.training.step import TrainOneStep, dynamic_loss_scale
-    from pangu.training.trainer import flops_per_token
+    from pangu_zoo.config import get_preset
+    from pangu_zoo.models import build_model
+    from pangu_zoo.models.loss import LanguageModelWithLoss
+    from pangu_zoo.runtime import use_graph_mode
+    from pangu_zoo.training.optimizer import build_optimizer
+    from pangu_zoo.training.step import TrainOneStep, dynamic_loss_scale
+    from pangu_zoo.training.trainer import flops_per_token
 
     results = gemm_peak_gflops()
     b, s = args.batch, args.seq

@@ -8,8 +8,8 @@ import socket
 import sys
 from pathlib import Path
 
-from pangu.errors import PanguError
-from pangu.parallel.rank_table import (
+from pangu_zoo.errors import PanguError
+from pangu_zoo.parallel.rank_table import (
     device_ips,
     make_rank_table,
     parse_device_range,

@@ -4,8 +4,8 @@ import json
 import sys
 from pathlib import Path
 
-from pangu.errors import PanguError
-from pangu.parallel.rank_table import merge_rank_tables, write_json
+from pangu_zoo.errors import PanguError
+from pangu_zoo.parallel.rank_table import merge_rank_tables, write_json
 
 
 def main(argv=None) -> int:

@@ -16,6 +16,6 @@ PER_BATCH=$6
 shift 6
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p dryrun_log
-PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python}" -m pangu.cli dryrun --mode="$MODE" \
+PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python}" -m pangu_zoo.cli dryrun --mode="$MODE" \
     --device_num="$DEVICE_NUM" --op_level_model_parallel_num="$MODEL_PARALLEL" --stage_num="$STAGE_NUM" \
     --micro_size="$MICRO_SIZE" --per_batch_size="$PER_BATCH" "$@" 2>&1 | tee dryrun_log/dryrun.log

@@ -21,7 +21,7 @@ def shared_data(relative: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_pangu():
-    from pangu.models import build_model
+    from pangu_zoo.models import build_model
 
     np.random.seed(0)
     import mindspore as ms
@@ -35,7 +35,7 @@ def tiny_pangu():
 def tiny_gpt2():
     import mindspore as ms
 
-    from pangu.models import build_model
+    from pangu_zoo.models import build_model
 
     ms.set_seed(1)
     return build_model("gpt2-tiny", vocab_size=1000, dropout_rate=0.0, max_position_embeddings=128,

@@ -19,14 +19,14 @@ def shared_file(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def pangu_tokenizer():
-    from pangu.tokenizers.pangu_tokenizer import PanguTokenizer
+    from pangu_zoo.tokenizers.pangu_tokenizer import PanguTokenizer
 
     return PanguTokenizer(shared_file("pangu_tokenizer", "vocab.model"))
 
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
-    from pangu.tokenizers.gpt2_tokenizer import GPT2Tokenizer
+    from pangu_zoo.tokenizers.gpt2_tokenizer import GPT2Tokenizer
 
     return GPT2Tokenizer.from_path(shared_file("gpt2_bpe"))
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import REPO_ROOT, shared_data
 
-from pangu.cli import main
+from pangu_zoo.cli import main
 
 
 def test_presets_lists_counts(capsys):
@@ -39,7 +39,7 @@ def test_demo_without_tokenizer_says_how_to_fetch(tmp_path, capsys):
 def test_generate_from_saved_model(tiny_gpt2, tmp_path, capsys):
     tokenizer = shared_data("gpt2_bpe")
     model_dir = tmp_path / "gpt2"
-    from pangu.models import build_model
+    from pangu_zoo.models import build_model
 
     build_model("gpt2-tiny", dropout_rate=0.0).save_pretrained(model_dir)
     assert main(["generate", "--model_dir", str(model_dir), "--tokenizer_path", str(tokenizer),
@@ -63,5 +63,5 @@ def test_entry_scripts_say_not_yet():
 
 
 def test_console_script_help():
-    result = subprocess.run([sys.executable, "-m", "pangu.cli", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "pangu_zoo.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "preprocess" in result.stdout

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pangu.config import ModelConfig, ParallelConfig, count_parameters, get_preset, list_presets
-from pangu.errors import ConfigError
+from pangu_zoo.config import ModelConfig, ParallelConfig, count_parameters, get_preset, list_presets
+from pangu_zoo.errors import ConfigError
 
 # Parameter counts of the released GPT-2 checkpoints (tied head, no buffers).
 GPT2_KNOWN = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080,
@@ -31,7 +31,7 @@ def test_pangu_large_presets_are_near_their_names(name, approx):
 
 @pytest.mark.parametrize("name", ["pangu_alpha_tiny", "gpt2-tiny"])
 def test_analytic_count_equals_built_model(name):
-    from pangu.models import build_model
+    from pangu_zoo.models import build_model
 
     model = build_model(name)
     built = sum(int(np.prod(p.shape)) for p in model.get_parameters())

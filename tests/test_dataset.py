@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from data_fixtures import shared_file
 
-from pangu.data import preprocess
-from pangu.data.dataset import create_dataset, sample_order
-from pangu.data.masks import eod_reset_positions_and_mask, loss_mask
+from pangu_zoo.data import preprocess
+from pangu_zoo.data.dataset import create_dataset, sample_order
+from pangu_zoo.data.masks import eod_reset_positions_and_mask, loss_mask
 
 
 def reference_eod_reset(ids: np.ndarray, eod_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +85,7 @@ def packed_corpus(tmp_path_factory):
     assert preprocess.main(["--input_glob", str(root / "*.txt"), "--tokenizer", "gpt", "--vocab_dir", str(vocab),
                             "--seq_length", "17", "--file_partition", "2", "--output_file", str(out / "plays"),
                             "--no_progress"]) == 0
-    from pangu.tokenizers import load_tokenizer
+    from pangu_zoo.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer("gpt2", vocab)
     stream = []
@@ -146,7 +146,7 @@ def test_create_dataset_resumes_from_offset(packed_corpus):
 
 
 def test_create_dataset_reads_megatron(tmp_path):
-    from pangu.data.megatron import MegatronWriter
+    from pangu_zoo.data.megatron import MegatronWriter
 
     writer = MegatronWriter(tmp_path / "corpus", np.uint16)
     tokens = np.arange(1, 45) % 7  # 44 tokens, 6 is the eod id

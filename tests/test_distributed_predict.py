@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
-from pangu.config import get_preset
-from pangu.errors import ConfigError
-from pangu.parallel.inference import inference_plan, local_part
+from pangu_zoo.config import get_preset
+from pangu_zoo.errors import ConfigError
+from pangu_zoo.parallel.inference import inference_plan, local_part
 
 SEQ = 64
 
 
 def predict_dryrun(tmp_path, devices, *extra, mode="pangu_alpha_tiny"):
     report = tmp_path / f"predict_{mode}_{devices}.json"
-    command = [sys.executable, "-m", "pangu.cli", "dryrun", "--run_type", "predict", "--mode", mode,
+    command = [sys.executable, "-m", "pangu_zoo.cli", "dryrun", "--run_type", "predict", "--mode", mode,
                "--seq_length", str(SEQ), "--device_num", str(devices), "--per_batch_size", "1", "--json",
                str(report), *extra]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)

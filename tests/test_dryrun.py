@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from pangu.config import ParallelConfig, get_preset
-from pangu.parallel.strategy import layer_stages, optimizer_shardable
+from pangu_zoo.config import ParallelConfig, get_preset
+from pangu_zoo.parallel.strategy import layer_stages, optimizer_shardable
 
 H, FFN, VOCAB, SEQ = 64, 256, 1024, 32
 
@@ -36,7 +36,7 @@ def dryrun(config_path, tmp_path, devices, dp, mp, stages=1, micro=1, opt_shard=
            extra=()):
     assert dp * mp * stages == devices
     report = tmp_path / f"dryrun_{devices}_{dp}_{mp}_{stages}_{opt_shard}_{word_emb_dp}.json"
-    command = [sys.executable, "-m", "pangu.cli", "dryrun", "--config", str(config_path), "--seq_length", str(SEQ),
+    command = [sys.executable, "-m", "pangu_zoo.cli", "dryrun", "--config", str(config_path), "--seq_length", str(SEQ),
                "--device_num", str(devices), "--op_level_model_parallel_num", str(mp), "--stage_num", str(stages),
                "--micro_size", str(micro), "--optimizer_shard", str(opt_shard), "--word_emb_dp", str(word_emb_dp),
                "--optimizer_shard_threshold", "0", "--per_batch_size", str(per_batch or 2 * micro),
@@ -154,7 +154,7 @@ def test_gpt2_sixteen_devices_dp4_mp4(configs, tmp_path):
     (8, 1, 1, 8, "more than the model's layers"),
 ])
 def test_invalid_plans_are_refused_before_compiling(configs, tmp_path, devices, dp, mp, stages, message):
-    command = [sys.executable, "-m", "pangu.cli", "dryrun", "--config", str(configs["pangu_alpha"]), "--seq_length",
+    command = [sys.executable, "-m", "pangu_zoo.cli", "dryrun", "--config", str(configs["pangu_alpha"]), "--seq_length",
                str(SEQ), "--device_num", str(devices), "--op_level_model_parallel_num", str(mp), "--stage_num",
                str(stages), "--per_batch_size", "2", "--json", str(tmp_path / "r.json")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)

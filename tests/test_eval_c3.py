@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import shared_data
 
-from pangu.cli import main
-from pangu.errors import DataError
-from pangu.evaluation.c3 import build_c3_examples, evaluate_c3, load_c3, score_token_pairs, top1_accuracy
+from pangu_zoo.cli import main
+from pangu_zoo.errors import DataError
+from pangu_zoo.evaluation.c3 import build_c3_examples, evaluate_c3, load_c3, score_token_pairs, top1_accuracy
 
 PAD = 6
 
@@ -100,7 +100,7 @@ def test_cli_reports_bad_data_in_one_line(tmp_path, capsys, tiny_pangu):
 def pangu_40k():
     import mindspore as ms
 
-    from pangu.models import build_model
+    from pangu_zoo.models import build_model
 
     ms.set_seed(3)
     return build_model("pangu_alpha_tiny", vocab_size=40000, num_layers=2, dropout_rate=0.0,
@@ -108,7 +108,7 @@ def pangu_40k():
 
 
 def test_cli_end_to_end(tmp_path, capsys, pangu_40k):
-    from pangu.tokenizers import load_tokenizer
+    from pangu_zoo.tokenizers import load_tokenizer
 
     model_dir = tmp_path / "model"
     pangu_40k.save_pretrained(model_dir)
@@ -132,8 +132,8 @@ def test_full_c3_d_dev_with_tiny_model(tmp_path):
     """The whole dialogue dev split (1825 questions) at the reference length 1024 with a random tiny model."""
     import mindspore as ms
 
-    from pangu.models import build_model
-    from pangu.tokenizers import load_tokenizer
+    from pangu_zoo.models import build_model
+    from pangu_zoo.tokenizers import load_tokenizer
 
     ms.set_seed(0)
     model = build_model("pangu_alpha_tiny", dropout_rate=0.0)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import shared_data
 
-from pangu.cli import main
-from pangu.errors import InputError
-from pangu.evaluation.perplexity import block_perplexity, wikitext_token_blocks
+from pangu_zoo.cli import main
+from pangu_zoo.errors import InputError
+from pangu_zoo.evaluation.perplexity import block_perplexity, wikitext_token_blocks
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -36,7 +36,7 @@ def hf_dir(hf_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ours(hf_dir):
-    from pangu.models import from_pretrained
+    from pangu_zoo.models import from_pretrained
 
     return from_pretrained(hf_dir, dropout_rate=0.0)
 
@@ -99,7 +99,7 @@ def test_cli_ppl_on_wikitext(hf_dir, hf_model, tmp_path, capsys):
     assert "mindformers (mean of per-batch losses)" in out and "token-weighted" in out
     result = json.loads(output.read_text())
     assert result["blocks"] == 2 and result["block_size"] == 128
-    from pangu.tokenizers import load_tokenizer
+    from pangu_zoo.tokenizers import load_tokenizer
 
     blocks, _ = wikitext_token_blocks(data.read_text(encoding="utf-8"), load_tokenizer("gpt2", tokenizer_dir), 128)
     expected = math.exp(np.mean([loss for loss, _ in _hf_losses(hf_model, blocks[:2], 1)]))

@@ -8,9 +8,9 @@ import zipfile
 import pytest
 from data_fixtures import files_in, shared_file
 
-from pangu.errors import DataError
-from pangu.tokenizers import load_tokenizer
-from pangu.tokenizers.fetch import RELEASES, add_arguments, fetch_tokenizer, run
+from pangu_zoo.errors import DataError
+from pangu_zoo.tokenizers import load_tokenizer
+from pangu_zoo.tokenizers.fetch import RELEASES, add_arguments, fetch_tokenizer, run
 
 SHARED_FOLDER = {"pangu-alpha": "pangu_tokenizer", "gpt2": "gpt2_bpe"}
 

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from pangu.checkpoint.pretrained import from_pretrained  # noqa: E402
+from pangu_zoo.checkpoint.pretrained import from_pretrained  # noqa: E402
 
 VOCAB = 1000
 

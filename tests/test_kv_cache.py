@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pangu.inference.generation import IncrementalDecoder
+from pangu_zoo.inference.generation import IncrementalDecoder
 
 PROMPTS = {
     1: [[3, 14, 15, 92, 65, 35, 89]],

@@ -10,8 +10,8 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
-from pangu.errors import ConfigError
-from pangu.parallel.rank_table import merge_rank_tables, parse_device_range
+from pangu_zoo.errors import ConfigError
+from pangu_zoo.parallel.rank_table import merge_rank_tables, parse_device_range
 
 SCRIPTS = sorted((REPO_ROOT / "scripts").glob("*.sh"))
 

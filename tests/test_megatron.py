@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from data_fixtures import shared_file
 
-from pangu.data import preprocess
-from pangu.data.megatron import MegatronDataset, MegatronWriter, token_dtype
-from pangu.errors import DataError
+from pangu_zoo.data import preprocess
+from pangu_zoo.data.megatron import MegatronDataset, MegatronWriter, token_dtype
+from pangu_zoo.errors import DataError
 
 # formats.md §3.1 dtype codes, written out again here rather than imported
 DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32,
@@ -70,7 +70,7 @@ def test_preprocess_megatron_matches_tokenizer(tmp_path):
     code = preprocess.main(["--input_glob", str(corpus / "*.txt"), "--tokenizer", "gpt", "--vocab_dir", str(vocab),
                             "--format", "megatron", "--output_file", str(out), "--no_progress"])
     assert code == 0
-    from pangu.tokenizers import load_tokenizer
+    from pangu_zoo.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer("gpt2", vocab)
     texts = ["First paragraph.\nstill first.", "Second one.", "Third, from another file."]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, shared_data
 
-from pangu.cli import main
+from pangu_zoo.cli import main
 
 MSRUN = Path(sys.executable).parent / "msrun"
 
@@ -65,7 +65,7 @@ def test_two_workers_match_one_process_on_the_concatenated_batch(tmp_path):
         initial = got if initial is None else initial
     # training moved the weights (the comparison is not between two untouched initialisations)
     ms.set_seed(1)
-    from pangu.models import build_model
+    from pangu_zoo.models import build_model
 
     fresh = build_model("pangu_alpha_tiny", max_position_embeddings=32).state_dict()
     assert np.abs(fresh["backbone.blocks.0.attention.dense1.weight"]

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from pangu.config import ParallelConfig, get_preset
-from pangu.errors import ConfigError
-from pangu.parallel.strategy import (
+from pangu_zoo.config import ParallelConfig, get_preset
+from pangu_zoo.errors import ConfigError
+from pangu_zoo.parallel.strategy import (
     check_plan,
     layer_stages,
     op_input_shapes,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, shared_data
 
-from pangu.inference.predict import main, predict_ids, reference_sampling
-from pangu.inference.sampling import apply_penalties, choose_next, filter_top_k_top_p
+from pangu_zoo.inference.predict import main, predict_ids, reference_sampling
+from pangu_zoo.inference.sampling import apply_penalties, choose_next, filter_top_k_top_p
 
 PROMPT = [11, 25, 301, 7, 99]
 
@@ -79,7 +79,7 @@ def test_top_k_and_top_p_as_the_reference():
 def pangu_dir(tmp_path_factory):
     import mindspore as ms
 
-    from pangu.models import build_model
+    from pangu_zoo.models import build_model
 
     ms.set_seed(5)
     directory = tmp_path_factory.mktemp("predict_model")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from data_fixtures import files_in, shared_file
 
-from pangu.data import preprocess
-from pangu.data.wikitext import clean_wikitext, wikitext_passages
+from pangu_zoo.data import preprocess
+from pangu_zoo.data.wikitext import clean_wikitext, wikitext_passages
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -77,7 +77,7 @@ def test_pangu_tokenizer_default_separator(capsys, tmp_path):
     code, _ = _run(capsys, tmp_path / "zh.txt", tmp_path / "out" / "zh", "--format", "megatron",
                    tokenizer="jieba")
     assert code == 0
-    from pangu.data.megatron import MegatronDataset
+    from pangu_zoo.data.megatron import MegatronDataset
 
     data = MegatronDataset(tmp_path / "out" / "zh")
     assert data[0].tolist() == [96, 11, 6539, 16, 263, 6]  # <pad> (6) separates documents, as the reference
@@ -177,7 +177,7 @@ def test_output_not_writable(capsys, corpus, tmp_path):
 
 def test_subprocess_exit_status(corpus, tmp_path):
     out_dir = tmp_path / "out"
-    command = [sys.executable, "-m", "pangu.data.preprocess", "--input_glob", str(tmp_path / "none*.txt"),
+    command = [sys.executable, "-m", "pangu_zoo.data.preprocess", "--input_glob", str(tmp_path / "none*.txt"),
                "--vocab_dir", str(shared_file("gpt2_bpe")), "--output_file", str(out_dir / "data")]
     result = subprocess.run(command, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(SRC)})
@@ -189,11 +189,11 @@ def test_subprocess_exit_status(corpus, tmp_path):
 
 def test_pangu_cli_dispatch(corpus, tmp_path):
     try:
-        from pangu import cli
+        from pangu_zoo import cli
 
         cli.build_parser()
     except ImportError as error:
-        pytest.skip(f"pangu.cli cannot build its parser in this checkout: {error}")
+        pytest.skip(f"pangu_zoo.cli cannot build its parser in this checkout: {error}")
     code = cli.main(["preprocess", "--input_glob", str(tmp_path / "none*.txt"), "--vocab_dir",
                      str(shared_file("gpt2_bpe")), "--output_file", str(tmp_path / "out" / "data")])
     assert code == 2

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from pangu.checkpoint.pretrained import from_pretrained
-from pangu.errors import CheckpointError, InputError
-from pangu.models import build_model
+from pangu_zoo.checkpoint.pretrained import from_pretrained
+from pangu_zoo.errors import CheckpointError, InputError
+from pangu_zoo.models import build_model
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "ckpt"])

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from mindspore.train import node_strategy_pb2
 
-from pangu.checkpoint import mindformers
-from pangu.checkpoint.pretrained import from_pretrained
-from pangu.checkpoint.released import is_released_layout, load_released_checkpoint
-from pangu.errors import CheckpointError
-from pangu.models import build_model
+from pangu_zoo.checkpoint import mindformers
+from pangu_zoo.checkpoint.pretrained import from_pretrained
+from pangu_zoo.checkpoint.released import is_released_layout, load_released_checkpoint
+from pangu_zoo.errors import CheckpointError
+from pangu_zoo.models import build_model
 
 DP, MP = 2, 2
 DEV_MATRIX = [DP, MP]  # rank = dp_index * MP + mp_index; tensor_map 0 = the MP axis (counted from the right)
@@ -227,7 +227,7 @@ def test_strategy_with_other_split_gives_shape_mismatch(released, copy):
 
 
 def test_predict_loader_takes_the_released_layout(released):
-    from pangu.inference.predict import load_model
+    from pangu_zoo.inference.predict import load_model
 
     model, _, root = released
     loaded = load_model(root, "pangu_alpha_tiny", None, **PRESET)
@@ -236,8 +236,8 @@ def test_predict_loader_takes_the_released_layout(released):
 
 
 def test_predict_loader_takes_a_mindformers_named_file(released, tmp_path):
-    from pangu.checkpoint.io import save_weights
-    from pangu.inference.predict import load_model
+    from pangu_zoo.checkpoint.io import save_weights
+    from pangu_zoo.inference.predict import load_model
 
     model, weights, _ = released
     renamed = {name.replace("backbone.word_embedding", "backbone.embedding.word_embedding")

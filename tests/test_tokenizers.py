@@ -16,8 +16,8 @@ import data_fixtures
 import pytest
 from data_fixtures import shared_file
 
-from pangu.errors import ConfigError, DataError, InputError
-from pangu.tokenizers import load_tokenizer
+from pangu_zoo.errors import ConfigError, DataError, InputError
+from pangu_zoo.tokenizers import load_tokenizer
 
 pangu_tokenizer = data_fixtures.pangu_tokenizer
 gpt2_tokenizer = data_fixtures.gpt2_tokenizer
@@ -177,7 +177,7 @@ def test_load_tokenizer_errors(tmp_path):
 
 
 def test_jieba_is_quiet():
-    code = ("from pangu.tokenizers import load_tokenizer; import sys; "
+    code = ("from pangu_zoo.tokenizers import load_tokenizer; import sys; "
             f"t = load_tokenizer('jieba', {str(shared_file('pangu_tokenizer'))!r}); "
             "assert t.encode('中国的首都是北京') == [96, 11, 6539, 16, 263]")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}

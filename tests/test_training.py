@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from conftest import shared_data
 
-from pangu.errors import CheckpointError, ConfigError
-from pangu.models import build_model
-from pangu.training.checkpoint import checkpoint_files
-from pangu.training.optimizer import parameter_groups
-from pangu.training.schedule import WarmupCosineLR, learning_rate_at
-from pangu.training.trainer import TrainSettings, train
+from pangu_zoo.errors import CheckpointError, ConfigError
+from pangu_zoo.models import build_model
+from pangu_zoo.training.checkpoint import checkpoint_files
+from pangu_zoo.training.optimizer import parameter_groups
+from pangu_zoo.training.schedule import WarmupCosineLR, learning_rate_at
+from pangu_zoo.training.trainer import TrainSettings, train
 
 
 def test_schedule_matches_reference_formula_and_graph():
@@ -43,7 +43,7 @@ def test_weight_decay_skips_layernorm_and_biases(tiny_pangu):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """The CMRC paragraphs preprocessed into 65-token samples."""
-    from pangu.cli import main
+    from pangu_zoo.cli import main
 
     source = shared_data("zh_corpus/cmrc2018_contexts_zh.txt")
     out = tmp_path_factory.mktemp("data")

@@ -1,0 +1,89 @@
+"""Model directories: `config.json` + weights, saved by this project or by Hugging Face (GPT-2).
+
+Our directories hold `config.json` (a `ModelConfig`, recognised by its `family` key) and
+`model.safetensors` or `model.ckpt`. Hugging Face GPT-2 directories hold their own `config.json` and
+`model.safetensors` or `pytorch_model.bin`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pangu_zoo.checkpoint import hf_gpt2
+from pangu_zoo.checkpoint.io import atomic_path, load_weights, save_weights
+from pangu_zoo.config import ModelConfig
+from pangu_zoo.errors import CheckpointError, ConfigError
+
+CONFIG_NAME = "config.json"
+OUR_WEIGHTS = ("model.safetensors", "model.ckpt")
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    if not directory.exists():
+        raise CheckpointError(f"model directory {directory} does not exist")
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory; pass the folder holding config.json")
+    config_file = directory / CONFIG_NAME
+    if not config_file.is_file():
+        from pangu_zoo.checkpoint.released import is_released_layout
+
+        if is_released_layout(directory):
+            raise CheckpointError(
+                f"{directory} holds a released PanGu-alpha checkpoint (per-rank slices, no {CONFIG_NAME}); load it "
+                "with pangu_zoo.checkpoint.released.load_released_checkpoint(directory, preset_name)"
+            )
+        raise CheckpointError(f"{directory} has no {CONFIG_NAME}; is it a saved model directory?")
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{config_file} is not valid JSON: {error}") from error
+
+
+def _find(directory: Path, names: tuple[str, ...]) -> Path:
+    for name in names:
+        if (directory / name).is_file():
+            return directory / name
+    raise CheckpointError(f"{directory} has no weights file (looked for {', '.join(names)})")
+
+
+def from_pretrained(path: str | os.PathLike, **overrides: Any):
+    """Build the model a directory describes and load its weights.
+
+    `overrides` replace config fields (e.g. `param_dtype="float16"`, `dropout_rate=0.0`).
+    """
+    from pangu_zoo.models import build_model
+
+    directory = Path(path)
+    values = _read_config(directory)
+    try:
+        if hf_gpt2.is_hf_gpt2_config(values):
+            config = hf_gpt2.config_from_hf(values)
+            raw = load_weights(_find(directory, HF_WEIGHTS))
+            config = config.replace(**overrides) if overrides else config
+            weights = hf_gpt2.state_from_hf(raw, config)
+        else:
+            config = ModelConfig.from_dict({**values, **overrides})
+            weights = load_weights(_find(directory, OUR_WEIGHTS))
+    except ConfigError as error:
+        raise CheckpointError(f"{directory / CONFIG_NAME}: {error}") from error
+    model = build_model(config)
+    model.load_state_dict(weights)
+    return model
+
+
+def save_pretrained(model, directory: str | os.PathLike, weights_format: str = "safetensors") -> None:
+    """Write `config.json` and `model.<format>` into `directory` (created if needed), atomically per file."""
+    if weights_format not in ("safetensors", "ckpt"):
+        raise CheckpointError(f"unknown weights format {weights_format!r}; use safetensors or ckpt")
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CheckpointError(f"cannot create {directory}: {error}") from error
+    save_weights(model.state_dict(), directory / f"model.{weights_format}")
+    with atomic_path(directory / CONFIG_NAME) as tmp:
+        tmp.write_text(model.config.to_json() + "\n", encoding="utf-8")

@@ -1,0 +1,58 @@
+"""`pangu generate`: continue prompts with a saved model directory (ours or Hugging Face GPT-2)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model_dir", required=True, help="directory with config.json and weights")
+    parser.add_argument("--tokenizer", choices=["pangu-alpha", "gpt2"], help="default: from the model family")
+    parser.add_argument("--tokenizer_path", required=True, help="tokenizer folder or vocabulary file")
+    parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    parser.add_argument("--input_file", help="one prompt per line, generated as one batch")
+    parser.add_argument("--max_new_tokens", type=int, default=50)
+    parser.add_argument("--do_sample", action="store_true")
+    parser.add_argument("--top_k", type=int, default=0)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None)
+
+
+def read_prompts(args: argparse.Namespace, default: str | None = None) -> list[str]:
+    """Prompts from --prompt (repeatable) and --input_file (one per line); `default` when there are none."""
+    from pangu_zoo.errors import InputError
+
+    prompts = list(args.prompt or [])
+    if args.input_file:
+        path = Path(args.input_file)
+        if not path.is_file():
+            raise InputError(f"prompt file {path} does not exist")
+        prompts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts and default is not None:
+        return [default]
+    if not prompts:
+        raise InputError("give at least one --prompt or an --input_file")
+    return prompts
+
+
+def run(args: argparse.Namespace) -> int:
+    from pangu_zoo.models import from_pretrained
+    from pangu_zoo.tokenizers import load_tokenizer
+
+    prompts = read_prompts(args)
+    model = from_pretrained(args.model_dir, dropout_rate=0.0)
+    kind = args.tokenizer or ("gpt2" if model.config.family == "gpt2" else "pangu-alpha")
+    tokenizer = load_tokenizer(kind, args.tokenizer_path)
+    encoded = [tokenizer.encode(p) for p in prompts]
+    outputs = model.generate(encoded, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                             top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, seed=args.seed,
+                             eos_token_id=tokenizer.eot_id)
+    for prompt, ids, out in zip(prompts, encoded, outputs, strict=True):
+        new = out[len(ids):]
+        if new and new[-1] == tokenizer.eot_id:
+            new = new[:-1]
+        sys.stdout.write(prompt + tokenizer.decode(new) + "\n")
+    return 0

@@ -1,0 +1,161 @@
+"""Incremental (KV-cache) decoding and the `generate` loop.
+
+Prompts of different lengths share one batch: they are right-padded for the prefill, and each row then
+writes its next key/value into its own cache slot (its current length) and attends to slots
+0..length. Every row therefore sees exactly what full recomputation would see, and the top-query
+layer of PanGu-alpha gets each row's true position. (The reference used position 0 for the top query
+and never cached the last prompt token's key/value; both are fixed here.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mindspore as ms
+import numpy as np
+
+from pangu_zoo.errors import InputError
+from pangu_zoo.inference.sampling import SamplingConfig, choose_next
+from pangu_zoo.models.masks import causal_padding_mask, decode_bias, mask_to_bias, slot_onehot
+
+PREFILL_BUCKET = 16
+CACHE_BUCKET = 64
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclass
+class DecodeState:
+    """Explicit decoding state: the cache (keys of every layer, then values; each [B, n, T, d]) and
+    how many positions of each row it holds."""
+
+    cache: tuple
+    lengths: np.ndarray
+
+    @property
+    def cache_len(self) -> int:
+        return int(self.cache[0].shape[2])
+
+
+def as_prompt_list(input_ids, attention_mask=None) -> list[np.ndarray]:
+    """Accept a list of id lists, a 1-D array or a 2-D array (with an optional [B, S] padding mask)."""
+    if isinstance(input_ids, (list, tuple)) and input_ids and not np.isscalar(input_ids[0]):
+        prompts = [np.asarray(p) for p in input_ids]
+    else:
+        array = np.atleast_2d(np.asarray(input_ids))
+        if attention_mask is not None:
+            mask = np.asarray(attention_mask).astype(bool)
+            if mask.shape != array.shape:
+                raise InputError(f"attention_mask shape {mask.shape} differs from input_ids shape {array.shape}")
+            prompts = [row[m] for row, m in zip(array, mask, strict=True)]
+        else:
+            prompts = list(array)
+    if not prompts or any(p.ndim != 1 or p.size == 0 for p in prompts):
+        raise InputError("every prompt needs at least one token")
+    return [p.astype(np.int64) for p in prompts]
+
+
+class IncrementalDecoder:
+    """Prefill once, then one token per row per step, with the cache passed in and returned."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.config = model.config
+
+    def prefill(self, prompts: list[np.ndarray], cache_len: int | None = None) -> tuple[np.ndarray, DecodeState]:
+        """Run the prompts; return the logits of each row's next token [B, V] and the state, whose cache holds
+        `cache_len` positions (default: just the padded prompts)."""
+        lengths = np.array([len(p) for p in prompts])
+        bucket = min(_round_up(int(lengths.max()), PREFILL_BUCKET), self.config.max_position_embeddings)
+        cache_len = bucket if cache_len is None else cache_len
+        if cache_len < bucket:
+            raise InputError(f"cache length {cache_len} is shorter than the padded prompts ({bucket})")
+        ids = np.full((len(prompts), bucket), self.config.pad_token_id, dtype=np.int32)
+        for row, prompt in enumerate(prompts):
+            self.model.check_input_ids(prompt)
+            ids[row, :len(prompt)] = prompt
+        padding = np.arange(bucket)[None, :] < lengths[:, None]
+        positions = np.broadcast_to(np.arange(bucket, dtype=np.int32), ids.shape)
+        outputs = self.model.graph("prefill")(
+            ms.Tensor(ids), ms.Tensor(np.ascontiguousarray(positions)),
+            ms.Tensor(mask_to_bias(causal_padding_mask(padding))),
+            ms.Tensor((lengths - 1).astype(np.int32)),
+        )
+        logits, kv = outputs[0], outputs[1:]
+        if cache_len > bucket:
+            k0 = kv[0]
+            pad = ms.Tensor(np.zeros((k0.shape[0], k0.shape[1], cache_len - bucket, k0.shape[3])), k0.dtype)
+            kv = tuple(ms.ops.concat((t, pad), axis=2) for t in kv)
+        return logits.asnumpy(), DecodeState(tuple(kv), lengths)
+
+    def step(self, tokens: np.ndarray, state: DecodeState) -> tuple[np.ndarray, DecodeState]:
+        """Feed one token per row [B]; return next-token logits [B, V] and the new state."""
+        lengths = state.lengths
+        if int(lengths.max()) >= state.cache_len:
+            raise InputError(f"the KV cache is full ({state.cache_len} positions)")
+        tokens = np.asarray(tokens, dtype=np.int32).reshape(-1)
+        self.model.check_input_ids(tokens)
+        outputs = self.model.graph("decode")(
+            ms.Tensor(tokens), ms.Tensor(lengths.astype(np.int32)),
+            ms.Tensor(decode_bias(lengths, state.cache_len)), ms.Tensor(slot_onehot(lengths, state.cache_len)),
+            *state.cache,
+        )
+        return outputs[0].asnumpy(), DecodeState(tuple(outputs[1:]), lengths + 1)
+
+
+def _recompute_logits(model, sequences: list[list[int]]) -> np.ndarray:
+    """Next-token logits by full recomputation (no cache kept): the prefill graph, which applies the head to
+    each row's last position only (full-sequence logits would cost B x S x V floats)."""
+    logits, _ = IncrementalDecoder(model).prefill([np.asarray(s) for s in sequences])
+    return logits
+
+
+def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = False, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+             eos_token_id: int | None = None, seed: int | None = None, attention_mask=None,
+             use_cache: bool = True) -> list[list[int]]:
+    """Continue each prompt by up to `max_new_tokens` tokens; return prompt + new ids per row.
+
+    A row stops after it emits `eos_token_id` (kept in the output). Penalties count generated tokens
+    only, as the reference does. `use_cache=False` recomputes the whole sequence at every step.
+    """
+    sampling = SamplingConfig(do_sample, temperature, top_k, top_p, frequency_penalty, presence_penalty)
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens ({max_new_tokens}) must be at least 1")
+    prompts = as_prompt_list(input_ids, attention_mask)
+    longest = max(len(p) for p in prompts)
+    max_positions = model.config.max_position_embeddings
+    if longest + max_new_tokens - 1 > max_positions:
+        raise InputError(
+            f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the position table "
+            f"({max_positions} positions); shorten the prompt or ask for fewer tokens"
+        )
+    rng = np.random.default_rng(seed)
+    vocab = model.config.vocab_size
+    counts = np.zeros((len(prompts), vocab), dtype=np.float32)
+    sequences = [list(map(int, p)) for p in prompts]
+    finished = np.zeros(len(prompts), dtype=bool)
+
+    if use_cache:
+        decoder = IncrementalDecoder(model)
+        cache_len = min(_round_up(longest + max_new_tokens - 1, CACHE_BUCKET), max_positions)
+        cache_len = max(cache_len, min(_round_up(longest, PREFILL_BUCKET), max_positions))
+        logits, state = decoder.prefill(prompts, cache_len)
+    else:
+        logits = _recompute_logits(model, sequences)
+    for step in range(max_new_tokens):
+        tokens = choose_next(logits, sampling, rng, counts)
+        for row, token in enumerate(tokens):
+            if not finished[row]:
+                sequences[row].append(int(token))
+                counts[row, token] += 1
+                finished[row] = eos_token_id is not None and token == eos_token_id
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        if use_cache:
+            logits, state = decoder.step(tokens, state)
+        else:
+            logits = _recompute_logits(model, sequences)
+    return sequences

@@ -1,0 +1,156 @@
+"""The language-model cell shared by both families, with the user-facing helpers.
+
+`CausalLM.construct(input_ids, position_ids, attention_bias)` is the graph used for training and
+export. The Python methods (`forward_logits`, `generate`, `save_pretrained`, ...) take NumPy arrays or
+lists, check them, and run compiled graphs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn
+
+from pangu_zoo.config import ModelConfig
+from pangu_zoo.errors import CheckpointError, InputError
+from pangu_zoo.models.layers import Backbone
+from pangu_zoo.models.masks import causal_padding_mask, mask_to_bias
+from pangu_zoo.runtime import use_graph_mode
+
+
+class CausalLM(nn.Cell):
+    """Embeddings, transformer stack and tied head. Subclasses fix the family."""
+
+    family = ""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if self.family and config.family != self.family:
+            raise InputError(f"{type(self).__name__} needs a {self.family} config, got family {config.family!r}")
+        self.config = config
+        self.backbone = Backbone(config)
+        self._graphs: dict[str, nn.Cell] = {}
+        self._graph_wrapper = None
+
+    def construct(self, input_ids, position_ids, attention_bias):
+        """input_ids, position_ids [B, S] int32; attention_bias [B, 1, S, S] fp32 -> logits [B, S, V] fp32."""
+        hidden = self.backbone(input_ids, position_ids, attention_bias)
+        return self.backbone.logits(hidden)
+
+    # ---- host-side helpers -------------------------------------------------------------------------
+
+    def graph(self, name: str) -> nn.Cell:
+        """A compiled wrapper around the backbone (created once, shared parameters)."""
+        if name not in self._graphs:
+            from pangu_zoo.models import graphs
+
+            use_graph_mode()
+
+            cell = graphs.GRAPHS[name](self.backbone)
+            self._graphs[name] = self._graph_wrapper(name, cell) if self._graph_wrapper else cell
+        return self._graphs[name]
+
+    def set_graph_wrapper(self, wrapper) -> None:
+        """Route every graph through `wrapper(name, cell) -> callable` (sharded inference uses this to declare
+        input layouts); graphs built before are dropped."""
+        self._graph_wrapper = wrapper
+        self._graphs.clear()
+
+    def check_input_ids(self, input_ids: np.ndarray) -> None:
+        """Raise `InputError` when ids are outside the vocabulary or longer than the position table."""
+        if input_ids.size == 0:
+            raise InputError("input_ids is empty")
+        if not np.issubdtype(input_ids.dtype, np.integer):
+            raise InputError(f"input_ids must be integers, got dtype {input_ids.dtype}")
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= self.config.vocab_size:
+            bad = low if low < 0 else high
+            raise InputError(f"token id {bad} is outside the vocabulary (0..{self.config.vocab_size - 1})")
+        if input_ids.shape[-1] > self.config.max_position_embeddings:
+            raise InputError(
+                f"sequence length {input_ids.shape[-1]} exceeds the position table "
+                f"({self.config.max_position_embeddings} positions)"
+            )
+
+    def forward_logits(self, input_ids, attention_mask=None, position_ids=None) -> np.ndarray:
+        """Full-sequence logits [B, S, V] (fp32 NumPy).
+
+        attention_mask: None (causal), [B, S] padding mask (1 = token), or [B, S, S] full mask.
+        position_ids: None means 0..S-1 for every row.
+        """
+        ids = np.atleast_2d(np.asarray(input_ids))
+        self.check_input_ids(ids)
+        batch, seq = ids.shape
+        if attention_mask is None:
+            attention_mask = np.ones((batch, seq), dtype=np.int32)
+        attention_mask = np.asarray(attention_mask)
+        if attention_mask.ndim == 2:
+            attention_mask = causal_padding_mask(attention_mask)
+        if attention_mask.shape != (batch, seq, seq):
+            raise InputError(f"attention_mask has shape {attention_mask.shape}, expected {(batch, seq)} "
+                             f"or {(batch, seq, seq)}")
+        if position_ids is None:
+            position_ids = np.broadcast_to(np.arange(seq), (batch, seq))
+        position_ids = np.asarray(position_ids)
+        if position_ids.min() < 0 or position_ids.max() >= self.config.max_position_embeddings:
+            raise InputError("position_ids are outside the position table")
+        logits = self.graph("forward")(
+            ms.Tensor(ids.astype(np.int32)),
+            ms.Tensor(position_ids.astype(np.int32)),
+            ms.Tensor(mask_to_bias(attention_mask)),
+        )
+        return logits.asnumpy()
+
+    def generate(self, input_ids, max_new_tokens: int = 20, **kwargs: Any) -> list[list[int]]:
+        """Continue each prompt with the KV cache; see `pangu_zoo.inference.generation.generate`."""
+        from pangu_zoo.inference.generation import generate
+
+        return generate(self, input_ids, max_new_tokens=max_new_tokens, **kwargs)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters as `{released name: fp32/fp16 NumPy array}` (bf16 is widened to fp32)."""
+        out = {}
+        for name, param in self.parameters_and_names():
+            # NumPy has no bf16 (and CPU has no bf16 Identity kernel): cast straight from the parameter
+            value = ms.ops.cast(param, ms.float32) if param.dtype == ms.bfloat16 else param.value()
+            out[name] = value.asnumpy()
+        return out
+
+    def load_state_dict(self, weights: dict[str, np.ndarray], strict: bool = True) -> None:
+        """Copy `weights` into the parameters, checking names and shapes first (nothing changes on error)."""
+        params = dict(self.parameters_and_names())
+        missing = sorted(set(params) - set(weights))
+        unexpected = sorted(set(weights) - set(params))
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing {len(missing)} parameter(s), e.g. {missing[:3]}")
+            if unexpected:
+                parts.append(f"unexpected {len(unexpected)} parameter(s), e.g. {unexpected[:3]}")
+            raise CheckpointError("checkpoint does not match the model: " + "; ".join(parts))
+        for name, param in params.items():
+            if name in weights and tuple(weights[name].shape) != tuple(param.shape):
+                raise CheckpointError(
+                    f"shape mismatch for {name}: checkpoint has {tuple(weights[name].shape)}, "
+                    f"model expects {tuple(param.shape)}"
+                )
+        for name, param in params.items():
+            if name in weights:
+                param.set_data(ms.Tensor(np.asarray(weights[name])).astype(param.dtype))
+
+    def save_pretrained(self, directory: str | os.PathLike, weights_format: str = "safetensors") -> None:
+        from pangu_zoo.checkpoint.pretrained import save_pretrained
+
+        save_pretrained(self, directory, weights_format)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> CausalLM:
+        from pangu_zoo.checkpoint.pretrained import from_pretrained
+
+        model = from_pretrained(path, **overrides)
+        if cls.family and model.config.family != cls.family:
+            raise CheckpointError(f"{path} holds a {model.config.family} model, not {cls.family}")
+        return model

@@ -1,0 +1,346 @@
+"""The one transformer both families share: embeddings, pre-LN blocks, final LayerNorm, tied head.
+
+Parameter names and orientation follow the released PanGu-alpha checkpoints:
+`attention.dense1/2/3.weight` (query/key/value) are stored [out, in]; `attention.projection.weight`,
+`output.mapping.weight` and `output.projection.weight` are stored [in, out].
+
+Every op that a parallel plan shards is a primitive held as an attribute (`self.gather`,
+`self.matmul`, `self.softmax`, ...), so `pangu_zoo.parallel.placement` can give it a strategy without this
+module knowing about devices. Standalone, strategies are inert.
+
+Numerics: parameters may be fp32/fp16/bf16; matmuls run in `compute_dtype`; LayerNorm, softmax and
+the loss run in fp32. Masks are additive biases in fp32 (0 = attend, -10000 = blocked), as in the
+reference. Shapes use B = batch, S = query length, T = key length, n = heads, d = head size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mindspore as ms
+from mindspore import Parameter, nn, ops
+from mindspore.common.initializer import Normal, TruncatedNormal, initializer
+
+from pangu_zoo.config import ModelConfig
+
+MASK_VALUE = -10000.0
+_MS_DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
+
+
+def ms_dtype(name: str):
+    return _MS_DTYPES[name]
+
+
+def _cast(x, dtype):
+    return x if x.dtype == dtype else ops.cast(x, dtype)
+
+
+class Dropout(nn.Cell):
+    """Dropout with its primitive exposed for sharding; the identity when not training or p == 0."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.dropout = ops.Dropout(keep_prob=1.0 - p)
+
+    def construct(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        out, _ = self.dropout(x)
+        return out
+
+
+class Embedding(nn.Cell):
+    """Lookup table [rows, hidden] named `embedding_table` (the released name)."""
+
+    def __init__(self, rows: int, hidden: int, init, dtype) -> None:
+        super().__init__()
+        self.embedding_table = Parameter(initializer(init, [rows, hidden], dtype), name="embedding_table")
+        self.gather = ops.Gather()
+
+    def construct(self, ids):
+        return self.gather(self.embedding_table, ids, 0)
+
+
+class EmbeddingSum(nn.Cell):
+    """word + position embeddings (fp32), then dropout. Holds no parameters, so names are unchanged."""
+
+    def __init__(self, dropout_rate: float) -> None:
+        super().__init__()
+        self.add = ops.Add()
+        self.dropout = Dropout(dropout_rate)
+
+    def construct(self, words, positions):
+        return self.dropout(self.add(_cast(words, ms.float32), _cast(positions, ms.float32)))
+
+
+class LMHead(nn.Cell):
+    """Tied head: hidden [..., h] @ table[V, h]^T -> logits [..., V] in fp32. The table is an argument
+    (it belongs to the word embedding), so this cell can sit on another pipeline stage."""
+
+    def __init__(self, compute_dtype) -> None:
+        super().__init__()
+        self.compute_dtype = compute_dtype
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, hidden, table):
+        table = _cast(table, self.compute_dtype)
+        shape = hidden.shape
+        flat = _cast(hidden, self.compute_dtype).reshape(-1, shape[-1])
+        out = self.matmul(flat, table)
+        return _cast(out, ms.float32).reshape(shape[:-1] + (-1,))  # -1: the table may be a sliced parameter
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm over the last axis, always computed in fp32; parameters `gamma` and `beta`."""
+
+    def __init__(self, hidden: int, eps: float, dtype) -> None:
+        super().__init__()
+        self.gamma = Parameter(initializer("ones", [hidden], dtype), name="gamma")
+        self.beta = Parameter(initializer("zeros", [hidden], dtype), name="beta")
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    def construct(self, x):
+        y, _, _ = self.norm(_cast(x, ms.float32), _cast(self.gamma, ms.float32), _cast(self.beta, ms.float32))
+        return y
+
+
+class Linear(nn.Cell):
+    """Affine map with bias. `weight_out_in=True` stores the weight [out, in] (torch layout), else [in, out]."""
+
+    def __init__(self, n_in: int, n_out: int, std: float, dtype, compute_dtype, weight_out_in: bool) -> None:
+        super().__init__()
+        shape = [n_out, n_in] if weight_out_in else [n_in, n_out]
+        self.weight = Parameter(initializer(Normal(std), shape, dtype), name="weight")
+        self.bias = Parameter(initializer("zeros", [n_out], dtype), name="bias")
+        self.compute_dtype = compute_dtype
+        self.matmul = ops.MatMul(transpose_b=weight_out_in)
+        self.bias_add = ops.Add()
+        self.n_out = n_out
+
+    def _affine(self, x2):
+        y = self.matmul(_cast(x2, self.compute_dtype), _cast(self.weight, self.compute_dtype))
+        return self.bias_add(y, _cast(self.bias, self.compute_dtype))
+
+    def construct(self, x):
+        if x.ndim == 2:  # already tokens [N, in]: no reshapes
+            return self._affine(x)
+        shape = x.shape
+        return self._affine(x.reshape(-1, shape[-1])).reshape(shape[:-1] + (self.n_out,))
+
+
+class FeedForward(nn.Cell):
+    """`projection(act(mapping(x)))` with tanh-GELU (or fast_gelu) and output dropout."""
+
+    def __init__(self, config: ModelConfig, out_std: float) -> None:
+        super().__init__()
+        dtype, cdt = ms_dtype(config.param_dtype), ms_dtype(config.compute_dtype)
+        std = config.initializer_range
+        self.mapping = Linear(config.hidden_size, config.ffn_hidden_size, std, dtype, cdt, weight_out_in=False)
+        self.projection = Linear(config.ffn_hidden_size, config.hidden_size, out_std, dtype, cdt,
+                                 weight_out_in=False)
+        # ops.GeLU is the tanh approximation GPT-2 and PanGu-alpha use
+        self.activation = ops.FastGeLU() if config.hidden_act == "fast_gelu" else ops.GeLU()
+        self.dropout = Dropout(config.dropout_rate)
+
+    def construct(self, x):
+        """x [..., h]; the FFN itself works on tokens [N, h] (the layout its shard strategies describe)."""
+        shape = x.shape
+        h = self.activation(self.mapping(x.reshape(-1, shape[-1])))
+        return self.dropout(self.projection(h)).reshape(shape)
+
+
+class Attention(nn.Cell):
+    """Multi-head attention whose query may come from a different tensor than key/value.
+
+    `construct` attends over the keys of the current input; `step` writes this step's key/value into a
+    fixed-size cache at `slot` and attends over the cache. Both return the updated key/value tensors
+    [B, n, T, d] so callers can keep the cache as explicit state.
+    """
+
+    def __init__(self, config: ModelConfig, out_std: float) -> None:
+        super().__init__()
+        dtype, cdt = ms_dtype(config.param_dtype), ms_dtype(config.compute_dtype)
+        h, std = config.hidden_size, config.initializer_range
+        self.dense1 = Linear(h, h, std, dtype, cdt, weight_out_in=True)
+        self.dense2 = Linear(h, h, std, dtype, cdt, weight_out_in=True)
+        self.dense3 = Linear(h, h, std, dtype, cdt, weight_out_in=True)
+        self.projection = Linear(h, h, out_std, dtype, cdt, weight_out_in=False)
+        self.num_heads, self.head_dim = config.num_heads, config.head_dim
+        self.scale = ms.Tensor(1.0 / math.sqrt(config.head_dim), ms.float32)
+        self.compute_dtype = cdt
+        self.prob_dropout = Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
+        self.split_heads = ops.Transpose()
+        self.scores_matmul = ops.BatchMatMul(transpose_b=True)
+        self.scale_mul = ops.Mul()
+        self.mask_add = ops.Add()
+        self.softmax = ops.Softmax(axis=-1)
+        self.context_matmul = ops.BatchMatMul()
+        self.merge_heads = ops.Transpose()
+        # Sharded, the cache write is arithmetic, cache * (1 - slot) + new * slot (exact for a 0/1 slot), because
+        # the parallel Select needs equal input shapes. One device keeps the broadcasting select, which is faster
+        # on CPU (35 vs 46 ms per GPT-2 token). Placement sets the flag.
+        self.sharded_cache_write = False
+        self.cache_keep_mul = ops.Mul()
+        self.cache_new_mul = ops.Mul()
+        self.cache_add = ops.Add()
+
+    def _heads(self, x):
+        b, s, _ = x.shape
+        return self.split_heads(x.reshape(b, s, self.num_heads, self.head_dim), (0, 2, 1, 3))
+
+    def _context(self, q, k, v, bias):
+        """q [B, n, S, d], k/v [B, n, T, d], bias [B, 1, S, T] -> context [B, n, S, d]."""
+        scores = self.scale_mul(_cast(self.scores_matmul(q, k), ms.float32), self.scale)
+        probs = self.prob_dropout(self.softmax(self.mask_add(bias, scores)))
+        return self.context_matmul(_cast(probs, self.compute_dtype), v)
+
+    def _attend(self, q, k, v, bias):
+        ctx = self._context(q, k, v, bias)
+        b, n, s, d = ctx.shape
+        ctx = self.merge_heads(ctx, (0, 2, 1, 3)).reshape(b, s, n * d)
+        return self.dropout(self.projection(ctx))
+
+    def construct(self, query_input, kv_input, bias):
+        """query_input, kv_input [B, S, h]; bias [B, 1, S, S] fp32 -> (out [B, S, h], k, v [B, n, S, d])."""
+        q = self._heads(self.dense1(query_input))
+        k = self._heads(self.dense2(kv_input))
+        v = self._heads(self.dense3(kv_input))
+        return self._attend(q, k, v, bias), k, v
+
+    def _write(self, cache, new, slot):
+        """cache [B, n, T, d] with new [B, n, 1, d] written where slot [B, 1, T, 1] (bool) is true."""
+        new = _cast(new, cache.dtype)
+        if not self.sharded_cache_write:
+            return ops.where(slot, new, cache)
+        slot = _cast(slot, cache.dtype)
+        return self.cache_add(self.cache_keep_mul(cache, 1 - slot), self.cache_new_mul(new, slot))
+
+    def step(self, query_input, kv_input, bias, slot, k_cache, v_cache):
+        """One new position per row: inputs [B, 1, h]; bias [B, 1, 1, T]; slot [B, 1, T, 1] bool, true at the
+        cache slot this row writes; caches [B, n, T, d]. With one query position no head transposes are needed:
+        [B, 1, n*d] and [B, n, 1, d] hold the same values in the same order."""
+        b = query_input.shape[0]
+        shape = (b, self.num_heads, 1, self.head_dim)
+        q = self.dense1(query_input).reshape(shape)
+        k_cache = self._write(k_cache, self.dense2(kv_input).reshape(shape), slot)
+        v_cache = self._write(v_cache, self.dense3(kv_input).reshape(shape), slot)
+        ctx = self._context(q, _cast(k_cache, self.compute_dtype), _cast(v_cache, self.compute_dtype), bias)
+        out = self.dropout(self.projection(ctx.reshape(b, 1, self.num_heads * self.head_dim)))
+        return out, k_cache, v_cache
+
+
+class Block(nn.Cell):
+    """Pre-LN transformer layer: x + attn(LN1(x)), then x + FFN(LN2(x)).
+
+    With `query` given (the PanGu-alpha top-query layer) the attention query is `query` itself (not
+    layer-normed) while key and value come from LN1(x).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        dtype = ms_dtype(config.param_dtype)
+        out_std = config.initializer_range / math.sqrt(2.0 * config.num_layers)
+        self.layernorm1 = LayerNorm(config.hidden_size, config.layernorm_epsilon, dtype)
+        self.attention = Attention(config, out_std)
+        self.layernorm2 = LayerNorm(config.hidden_size, config.layernorm_epsilon, dtype)
+        self.output = FeedForward(config, out_std)
+        self.compute_dtype = ms_dtype(config.compute_dtype)
+        self.residual_add = ops.Add()
+
+    def _ffn_residual(self, x):
+        return self.residual_add(x, _cast(self.output(_cast(self.layernorm2(x), self.compute_dtype)), x.dtype))
+
+    def construct(self, x, bias, query=None):
+        """x [B, S, h] -> (x', k, v)."""
+        a = _cast(self.layernorm1(x), self.compute_dtype)
+        q_in = a if query is None else query
+        attn, k, v = self.attention(q_in, a, bias)
+        return self._ffn_residual(self.residual_add(x, _cast(attn, x.dtype))), k, v
+
+    def step(self, x, bias, slot, k_cache, v_cache, query=None):
+        a = _cast(self.layernorm1(x), self.compute_dtype)
+        q_in = a if query is None else query
+        attn, k_cache, v_cache = self.attention.step(q_in, a, bias, slot, k_cache, v_cache)
+        return self._ffn_residual(self.residual_add(x, _cast(attn, x.dtype))), k_cache, v_cache
+
+
+class Backbone(nn.Cell):
+    """Embeddings -> blocks -> final LayerNorm (-> top-query layer for PanGu-alpha) -> hidden states.
+
+    The residual stream is carried in fp32 (parameters may be lower precision); logits come from the
+    tied word table.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        dtype = ms_dtype(config.param_dtype)
+        h, std = config.hidden_size, config.initializer_range
+        # embedding tables stay fp32 whatever param_dtype says, as in the reference (and CPU Gather has no bf16)
+        table = ms.float32
+        self.word_embedding = Embedding(config.vocab_size, h, Normal(std), table)
+        self.position_embedding = Embedding(config.max_position_embeddings, h, TruncatedNormal(std), table)
+        self.blocks = nn.CellList([Block(config) for _ in range(config.num_blocks)])
+        self.layernorm = LayerNorm(h, config.layernorm_epsilon, dtype)
+        self.has_top_query = config.has_top_query_layer
+        if self.has_top_query:
+            self.top_query_embedding = Embedding(config.max_position_embeddings, h, TruncatedNormal(std), table)
+            self.top_query_layer = Block(config)
+        self.embedding_sum = EmbeddingSum(config.dropout_rate)
+        self.head = LMHead(ms_dtype(config.compute_dtype))
+        self.compute_dtype = ms_dtype(config.compute_dtype)
+        self.num_layers = config.num_layers
+
+    def _embed(self, input_ids, position_ids):
+        return self.embedding_sum(self.word_embedding(input_ids), self.position_embedding(position_ids))
+
+    def _top_query(self, position_ids):
+        return _cast(self.top_query_embedding(position_ids), self.compute_dtype)
+
+    def construct(self, input_ids, position_ids, bias):
+        """input_ids, position_ids [B, S] int32; bias [B, 1, S, S] fp32 -> hidden [B, S, h] fp32.
+
+        Training and the plain forward graph need no keys/values, so this path does not build them."""
+        x = self._embed(input_ids, position_ids)
+        for block in self.blocks:
+            x, _, _ = block(x, bias)
+        x = self.layernorm(x)
+        if self.has_top_query:
+            x, _, _ = self.top_query_layer(x, bias, self._top_query(position_ids))
+        return x
+
+    def prefill(self, input_ids, position_ids, bias):
+        """As `construct`, also returning keys/values: tuples with one [B, n, S, d] tensor per layer."""
+        x = self._embed(input_ids, position_ids)
+        keys, values = (), ()
+        for block in self.blocks:
+            x, k, v = block(x, bias)
+            keys, values = keys + (k,), values + (v,)
+        x = self.layernorm(x)
+        if self.has_top_query:
+            x, k, v = self.top_query_layer(x, bias, self._top_query(position_ids))
+            keys, values = keys + (k,), values + (v,)
+        return x, keys, values
+
+    def step(self, input_ids, position_ids, bias, slot, keys, values):
+        """One token per row: input_ids, position_ids [B, 1]; bias [B, 1, 1, T]; slot [B, 1, T, 1] bool;
+        keys/values: tuples of [B, n, T, d] -> hidden [B, 1, h]. The residual stream keeps the [B, S, h] layout of
+        `construct` (S = 1), so one shard strategy table serves training, prefill and decode. The top-query
+        layer uses the true position of each row."""
+        x = self._embed(input_ids, position_ids)
+        new_keys, new_values = (), ()
+        for i, block in enumerate(self.blocks):
+            x, k, v = block.step(x, bias, slot, keys[i], values[i])
+            new_keys, new_values = new_keys + (k,), new_values + (v,)
+        x = self.layernorm(x)
+        if self.has_top_query:
+            last = self.num_layers - 1
+            x, k, v = self.top_query_layer.step(x, bias, slot, keys[last], values[last],
+                                                self._top_query(position_ids))
+            new_keys, new_values = new_keys + (k,), new_values + (v,)
+        return x, new_keys, new_values
+
+    def logits(self, hidden):
+        """Tied head: hidden [..., h] -> logits [..., vocab] in fp32."""
+        return self.head(hidden, self.word_embedding.embedding_table)

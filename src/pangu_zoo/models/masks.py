@@ -1,0 +1,38 @@
+"""Attention masks as additive fp32 biases, built on the host with NumPy.
+
+A mask is 1 where a query may attend to a key and 0 elsewhere; a bias is 0 / MASK_VALUE (-10000, as the
+reference adds (1 - mask) * -10000 before the softmax).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pangu_zoo.models.layers import MASK_VALUE
+
+
+def causal_padding_mask(padding_mask: np.ndarray) -> np.ndarray:
+    """padding_mask [B, S] (1 = real token) -> mask [B, S, S]: causal and only real keys."""
+    padding_mask = np.asarray(padding_mask, dtype=bool)
+    seq = padding_mask.shape[1]
+    causal = np.tril(np.ones((seq, seq), dtype=bool))
+    return causal[None, :, :] & padding_mask[:, None, :]
+
+
+def mask_to_bias(mask: np.ndarray) -> np.ndarray:
+    """mask [B, S, T] of 0/1 -> bias [B, 1, S, T] fp32."""
+    mask = np.asarray(mask)
+    return np.where(mask[:, None, :, :] != 0, 0.0, MASK_VALUE).astype(np.float32)
+
+
+def decode_bias(lengths: np.ndarray, cache_len: int) -> np.ndarray:
+    """Bias for one decode step: row b may attend to cache slots 0..lengths[b] -> [B, 1, 1, T]."""
+    slots = np.arange(cache_len)[None, :]
+    allowed = slots <= np.asarray(lengths)[:, None]
+    return np.where(allowed, 0.0, MASK_VALUE).astype(np.float32)[:, None, None, :]
+
+
+def slot_onehot(lengths: np.ndarray, cache_len: int) -> np.ndarray:
+    """Boolean one-hot [B, 1, T, 1] of the cache slot each row writes this step (its current length)."""
+    slots = np.arange(cache_len)[None, :] == np.asarray(lengths)[:, None]
+    return slots[:, None, :, None]

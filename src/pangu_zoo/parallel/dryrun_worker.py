@@ -1,0 +1,258 @@
+"""One rank of a dry run: compile the sharded training step in simulation mode and report its layout.
+
+Run by `pangu dryrun` in a subprocess whose environment comes from `pangu_zoo.parallel.simenv` (stub CUDA,
+`MS_SIMULATION_LEVEL=0`, `RANK_ID`, `RANK_SIZE`):
+
+    python -m pangu_zoo.parallel.dryrun_worker SPEC.json REPORT.json
+
+SPEC holds the model config, the parallel config, device_num, batch and optimizer settings. The step is
+built by `pangu_zoo.training.build`, the same code `train.py` runs. REPORT receives the per-rank layout, or
+`{"error": one readable line}` with exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ITEM_BYTES = {"Float32": 4, "Float16": 2, "BFloat16": 2, "Int32": 4}
+# what the parallel compiler says when it rejects a plan; the first matching line is the one to show
+COMPILER_ERRORS = re.compile(r"(cannot be divisible|can not be divisible|must be divisible|has multiple users|"
+                              r"must be smaller than|accumulate of x_shape|requires \d+ devices|init failed|"
+                              r"Invalid strategy)", re.IGNORECASE)
+
+
+def readable_error(error: BaseException) -> str:
+    """One readable line for a failed compile: the compiler's own message, not its C++ stack."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if COMPILER_ERRORS.search(line):
+            return line[:500]
+    return (lines[0] if lines else type(error).__name__)[:500]
+
+
+def _part(name: str) -> str:
+    """Parameter name -> the model part that holds it (blocks.3, word_embedding, top_query_layer, ...)."""
+    parts = name.split(".")
+    if "blocks" in parts:
+        i = parts.index("blocks")
+        return ".".join(parts[i:i + 2])
+    if "backbone" in parts:
+        return parts[parts.index("backbone") + 1]
+    return parts[0]
+
+
+def _bytes(shape, dtype: str) -> int:
+    return math.prod(shape) * ITEM_BYTES.get(dtype, 4)
+
+
+def compile_rank(spec: dict) -> dict:
+    import mindspore as ms
+    from mindspore.common.initializer import One
+    from mindspore.communication import get_rank, init
+
+    from pangu_zoo.config import ModelConfig, ParallelConfig
+    from pangu_zoo.models import build_model
+    from pangu_zoo.parallel.context import configure_parallel
+    from pangu_zoo.parallel.strategy import layer_stages, rank_stage
+    from pangu_zoo.runtime import use_graph_mode
+    from pangu_zoo.training.build import build_train_step
+    from pangu_zoo.training.schedule import WarmupCosineLR
+
+    use_graph_mode()
+    ms.set_device("GPU")
+    init()
+    config = ModelConfig.from_dict(spec["model"])
+    parallel = ParallelConfig(**spec["parallel"])
+    device_num = spec["device_num"]
+    configure_parallel(parallel, device_num, "semi_auto_parallel",
+                       optimizer_shard_threshold_kb=spec.get("optimizer_shard_threshold_kb"))
+    model = build_model(config)
+    full_shapes = {p.name: tuple(p.shape) for p in model.trainable_params()}
+    dtypes = {p.name: str(p.dtype) for p in model.trainable_params()}
+    lr = WarmupCosineLR(1e-4, 1e-6, 100, 1000)
+    train_cell = build_train_step(model, parallel, spec.get("optimizer", "adam"), lr)
+
+    batch, seq = spec["global_batch"], config.max_position_embeddings
+    inputs = (ms.Tensor(shape=(batch, seq + 1), dtype=ms.int32, init=One()),
+              ms.Tensor(shape=(batch, seq), dtype=ms.int32, init=One()),
+              ms.Tensor(shape=(batch, seq, seq), dtype=ms.int32, init=One()))
+    start = time.perf_counter()
+    train_cell.set_train(True)
+    train_cell.compile(*inputs)
+    compile_s = time.perf_counter() - start
+
+    rank = get_rank()
+    stage = rank_stage(rank, device_num, parallel.pipeline_stage)
+    layout = train_cell.parameter_layout_dict
+    local = {p.name: tuple(p.shape) for p in train_cell.get_parameters()}
+    parameters, param_bytes, optimizer_bytes = [], 0, 0
+    for name, full in full_shapes.items():
+        if name not in layout:
+            continue  # held by another pipeline stage
+        entry = layout[name]
+        slice_shape = tuple(entry[2])
+        moment = local.get(f"adam_m.{name}", local.get(f"moments.{name}"))
+        moment_shape = tuple(moment) if moment is not None else slice_shape
+        parameters.append({"name": name, "full_shape": list(full), "slice_shape": list(slice_shape),
+                           "optimizer_shape": list(moment_shape),
+                           "optimizer_sharded": moment_shape != slice_shape,
+                           "dev_matrix": list(entry[0]), "tensor_map": list(entry[1])})
+        param_bytes += _bytes(slice_shape, dtypes[name])
+        optimizer_bytes += 2 * _bytes(moment_shape, "Float32")  # Adam's two fp32 moments
+    stages = layer_stages(config, parallel)
+    holds = sorted({_part(p["name"]) for p in parameters}, key=_part_order)
+    if stages["head"] == stage:
+        holds.append("head")
+    return {"rank": rank, "stage": stage, "device_num": device_num, "compile_s": round(compile_s, 2),
+            "holds": holds, "parameter_bytes": param_bytes, "optimizer_bytes": optimizer_bytes,
+            "parameters": parameters}
+
+
+def _part_order(part: str):
+    if part.startswith("blocks."):
+        return (1, int(part.split(".")[1]), part)
+    order = {"word_embedding": 0, "position_embedding": 0, "layernorm": 2, "top_query_embedding": 3,
+             "top_query_layer": 3}
+    return (order.get(part, 4), 0, part)
+
+
+def graph_io_shapes(ir_text: str, num_inputs: int) -> dict:
+    """Per-rank input and output shapes of a compiled graph, read from its `validate` IR dump: inputs from the
+    `%paraN` lines (the first `num_inputs` are the graph's arguments), outputs from the node it returns."""
+    inputs = [tuple(int(v) for v in re.findall(r"\d+", shape))
+              for shape in re.findall(r"^%para\d+_\w+: <Tensor\[\w+\], \(([\d, ]*)\)>", ir_text, re.MULTILINE)]
+    returned = re.findall(r"^\s*Return\(%(\d+)\)", ir_text, re.MULTILINE)
+    if len(inputs) < num_inputs or not returned:
+        raise RuntimeError("the compiled graph's IR dump has no inputs or no return node")
+    node = re.search(rf"^\s*%{returned[-1]}\(.*\n\s*: .*-> \((.*)$", ir_text, re.MULTILINE)
+    result = node.group(1) if node else ""
+    tuple_shapes = re.search(r"TupleShape\(((?:\([\d, ]*\)(?:, )?)*)\)", result)
+    single = re.match(r"<Tensor\[\w+\], (\([\d, ]*\))>", result)
+    if not (tuple_shapes or single):
+        raise RuntimeError("the compiled graph's IR dump does not show the shapes it returns")
+    outputs = [tuple(int(v) for v in re.findall(r"\d+", shape))
+               for shape in re.findall(r"\(([\d, ]*)\)", (tuple_shapes or single).group(1))]
+    return {"inputs": [list(shape) for shape in inputs[:num_inputs]], "outputs": [list(shape) for shape in outputs]}
+
+
+def which_part(full, local) -> dict:
+    """Which equal slice of `full` the values `local` are: {'axis': a, 'part': k}, {} when whole, or None."""
+    if full.shape == local.shape:
+        return {} if np.array_equal(full, local) else None
+    axes = [a for a in range(full.ndim) if full.shape[a] != local.shape[a]]
+    if len(axes) != 1:
+        return None
+    axis, size = axes[0], local.shape[axes[0]]
+    for part in range(full.shape[axis] // size):
+        if np.array_equal(np.take(full, range(part * size, (part + 1) * size), axis=axis), local):
+            return {"axis": axis, "part": part}
+    return None
+
+
+def compile_inference_rank(spec: dict) -> dict:
+    """Compile the forward, prefill and decode graphs of the sharded predict plan on this rank; report each
+    graph's per-rank input/output shapes (the KV cache must keep one layout from prefill to decode), every
+    parameter's slice and, with `check_weights`, which slice of the loaded weights the rank holds."""
+    # the layouts are read from IR dumps, of which only the validate pass is needed (set before MindSpore loads)
+    os.environ["MS_DEV_DUMP_IR_PASSES"] = "validate"
+    import mindspore as ms
+    from mindspore.common.initializer import One
+    from mindspore.communication import get_rank, init
+
+    from pangu_zoo.config import ModelConfig
+    from pangu_zoo.models import build_model
+    from pangu_zoo.parallel.inference import distribute_for_inference
+    from pangu_zoo.runtime import use_graph_mode
+
+    use_graph_mode()
+    ms.set_device("GPU")
+    init()
+    rank, device_num = get_rank(), spec["device_num"]
+    config = ModelConfig.from_dict(spec["model"])
+    model = build_model(config, dropout_rate=0.0)
+    full = {}
+    if spec.get("check_weights"):
+        for index, (name, param) in enumerate(model.parameters_and_names()):
+            full[name] = np.random.default_rng(index).standard_normal(param.shape).astype(np.float32)
+            param.set_data(ms.Tensor(full[name]).astype(param.dtype))
+    full_shapes = {name: tuple(p.shape) for name, p in model.parameters_and_names()}
+    parallel = distribute_for_inference(model, device_num, rank)
+    mp, layers = parallel.model_parallel, config.num_layers
+    batch, seq = spec["batch"], config.max_position_embeddings
+    n, d = config.num_heads, config.head_dim
+
+    def shaped(shape, dtype=ms.int32):
+        return ms.Tensor(shape=shape, dtype=dtype, init=One())
+
+    whole_bias, whole_slot = np.zeros((batch, 1, 1, seq), np.float32), np.zeros((batch, 1, seq, 1), bool)
+    graph_inputs = {
+        "forward": (shaped((batch, seq)), shaped((batch, seq)), shaped((batch, 1, seq, seq), ms.float32)),
+        "prefill": (shaped((batch, seq)), shaped((batch, seq)), shaped((batch, 1, seq, seq), ms.float32),
+                    shaped((batch,))),
+        "decode": (shaped((batch,)), shaped((batch,)), ms.Tensor(whole_bias), ms.Tensor(whole_slot))
+                  + tuple(shaped((batch, n // mp, seq, d), ms.float32) for _ in range(2 * layers)),
+    }
+    graphs = {}
+    for name, inputs in graph_inputs.items():
+        ir_dir = Path.cwd() / "ir" / name
+        ms.set_context(save_graphs=1, save_graphs_path=str(ir_dir))
+        start = time.perf_counter()
+        model.graph(name).compile(*inputs)
+        graphs[name] = {"compile_s": round(time.perf_counter() - start, 2)}
+        dumps = sorted(ir_dir.rglob("*validate*.ir"), key=lambda path: path.stat().st_mtime)
+        if not dumps:
+            raise RuntimeError(f"no IR dump of the {name} graph was written")
+        graphs[name].update(graph_io_shapes(dumps[-1].read_text(), len(inputs)))
+        ms.set_context(save_graphs=0)
+    check_cache_layout(graphs, layers)
+
+    parameters, param_bytes = [], 0
+    layout = model.graph("decode").cell.parameter_layout_dict
+    for name, param in model.parameters_and_names():
+        slice_shape = tuple(layout[name][2]) if name in layout else full_shapes[name]
+        entry = {"name": name, "full_shape": list(full_shapes[name]), "slice_shape": list(slice_shape)}
+        if full:
+            entry["holds"] = which_part(full[name], param.asnumpy().astype(np.float32))
+        parameters.append(entry)
+        param_bytes += _bytes(slice_shape, str(param.dtype))
+    return {"rank": rank, "stage": 0, "device_num": device_num, "run_type": "predict",
+            "compile_s": round(sum(g["compile_s"] for g in graphs.values()), 2), "graphs": graphs,
+            "holds": ["every layer, heads split"], "parameter_bytes": param_bytes, "optimizer_bytes": 0,
+            "parameters": parameters}
+
+
+def check_cache_layout(graphs: dict, num_layers: int) -> None:
+    """Raise unless prefill returns, and decode takes and returns, the KV cache in one per-rank layout."""
+    cache_in = graphs["decode"]["inputs"][4:]
+    cache_out = graphs["decode"]["outputs"][1:]
+    prefill_out = graphs["prefill"]["outputs"][1:]
+    if len(cache_in) != 2 * num_layers or cache_in != cache_out:
+        raise RuntimeError(f"decode takes the cache as {cache_in[:1]} per rank but returns {cache_out[:1]}")
+    if [s[:2] + s[3:] for s in prefill_out] != [s[:2] + s[3:] for s in cache_in]:
+        raise RuntimeError(f"prefill returns the cache as {prefill_out[:1]} per rank, decode takes {cache_in[:1]}")
+
+
+def main(argv: list[str]) -> int:
+    spec_path, report_path = Path(argv[0]), Path(argv[1])
+    spec = json.loads(spec_path.read_text())
+    try:
+        report = compile_inference_rank(spec) if spec.get("run_type") == "predict" else compile_rank(spec)
+        status = 0
+    except Exception as error:  # noqa: BLE001 - every failure becomes one readable line in the report
+        report = {"error": readable_error(error), "traceback": traceback.format_exc()}
+        status = 1
+    report_path.write_text(json.dumps(report))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,113 @@
+"""Placing a parallel plan on the cells: shard strategies on primitives (§7.2), pipeline stages (§7.3) and
+`parallel_optimizer=False` on the parameters optimizer sharding skips.
+
+The model code only names its primitives; this module maps each one to its entry of
+`pangu_zoo.parallel.strategy.strategy_table`. Placement is inert outside (SEMI_)AUTO_PARALLEL.
+"""
+
+from __future__ import annotations
+
+from pangu_zoo.config import ParallelConfig
+from pangu_zoo.parallel.strategy import head_vocab_parallel, layer_stages, optimizer_shardable, strategy_table
+
+# primitive path inside a transformer Block -> strategy table entry
+BLOCK_OPS = {
+    "layernorm1.norm": "layernorm",
+    "layernorm2.norm": "layernorm",
+    "residual_add": "residual.add",
+    **{f"attention.dense{i}.matmul": "attention.dense.matmul" for i in (1, 2, 3)},
+    **{f"attention.dense{i}.bias_add": "attention.dense.bias_add" for i in (1, 2, 3)},
+    "attention.split_heads": "attention.split_heads.transpose",
+    "attention.scores_matmul": "attention.scores.batch_matmul",
+    "attention.scale_mul": "attention.scale.mul",
+    "attention.mask_add": "attention.mask.add",
+    "attention.softmax": "attention.softmax",
+    "attention.prob_dropout.dropout": "attention.prob_dropout",
+    "attention.context_matmul": "attention.context.batch_matmul",
+    "attention.merge_heads": "attention.merge_heads.transpose",
+    "attention.cache_keep_mul": "attention.cache_keep.mul",
+    "attention.cache_new_mul": "attention.cache_new.mul",
+    "attention.cache_add": "attention.cache.add",
+    "attention.projection.matmul": "attention.projection.matmul",
+    "attention.projection.bias_add": "attention.projection.bias_add",
+    "attention.dropout.dropout": "attention.dropout",
+    "output.mapping.matmul": "ffn.mapping.matmul",
+    "output.mapping.bias_add": "ffn.mapping.bias_add",
+    "output.activation": "ffn.activation",
+    "output.projection.matmul": "ffn.projection.matmul",
+    "output.projection.bias_add": "ffn.projection.bias_add",
+    "output.dropout.dropout": "ffn.dropout",
+}
+# primitive path inside the Backbone -> entry (blocks are handled by BLOCK_OPS)
+BACKBONE_OPS = {
+    "word_embedding.gather": "word_embedding.gather",
+    "position_embedding.gather": "position_embedding.gather",
+    "embedding_sum.add": "embedding.add",
+    "embedding_sum.dropout.dropout": "embedding.dropout",
+    "layernorm.norm": "layernorm",
+    "head.matmul": "head.matmul",
+}
+TOP_QUERY_OPS = {"top_query_embedding.gather": "top_query_embedding.gather"}
+# primitive path inside LanguageModelWithLoss -> entry
+LOSS_OPS = {
+    "slice_tokens": "input.slice",
+    "slice_labels": "input.slice",
+    "not_pad": "input.not_equal",
+    "mask_cast": "input.mask_cast",
+    "mask_sub": "input.mask_sub",
+    "mask_mul": "input.mask_mul",
+    "mask_expand": "input.mask_expand",
+    **{f"loss.{name}": f"loss.{name}" for name in (
+        "max", "sub", "exp", "sum_exp", "log", "onehot", "pick_mul", "pick_sum", "log_softmax", "pick_gather",
+        "nll_sub", "mask_cast", "mask_mul", "masked_sum", "mask_sum")},
+}
+
+
+def _attribute(root, path: str):
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def _shard_all(root, ops: dict[str, str], table) -> None:
+    for path, entry in ops.items():
+        _attribute(root, path).shard(table[entry])
+
+
+def place_model(model, parallel: ParallelConfig) -> None:
+    """Shard every op of a CausalLM and assign pipeline stages; mark parameters optimizer sharding skips."""
+    table = strategy_table(parallel)
+    backbone = model.backbone
+    _shard_all(backbone, BACKBONE_OPS, table)
+    blocks = list(backbone.blocks)
+    if backbone.has_top_query:
+        _shard_all(backbone, TOP_QUERY_OPS, table)
+        blocks.append(backbone.top_query_layer)
+    for block in blocks:
+        _shard_all(block, BLOCK_OPS, table)
+        block.attention.sharded_cache_write = True
+    if parallel.pipeline_stage > 1:
+        stages = layer_stages(model.config, parallel)
+        for name in ("word_embedding", "position_embedding", "embedding_sum"):
+            getattr(backbone, name).pipeline_stage = stages["embedding"]
+        for i, block in enumerate(backbone.blocks):
+            block.pipeline_stage = stages[f"blocks.{i}"]
+        backbone.layernorm.pipeline_stage = stages["layernorm"]
+        backbone.head.pipeline_stage = stages["head"]
+        # the tied head on the last stage uses the word table too (the reference's add_pipeline_stage)
+        backbone.word_embedding.embedding_table.add_pipeline_stage(stages["head"])
+        if backbone.has_top_query:
+            backbone.top_query_embedding.pipeline_stage = stages["top_query_embedding"]
+            backbone.top_query_layer.pipeline_stage = stages["top_query_layer"]
+    for name, param in model.parameters_and_names():
+        if not optimizer_shardable(name):
+            param.parallel_optimizer = False
+
+
+def place_training_network(network, parallel: ParallelConfig) -> None:
+    """Place a LanguageModelWithLoss: the model, its input ops and the loss (last pipeline stage)."""
+    place_model(network.model, parallel)
+    _shard_all(network, LOSS_OPS, strategy_table(parallel))
+    network.loss.vocab_parallel = head_vocab_parallel(parallel) and parallel.model_parallel > 1
+    if parallel.pipeline_stage > 1:
+        network.loss.pipeline_stage = parallel.pipeline_stage - 1

@@ -1,0 +1,198 @@
+"""Parallel plans as data: the plan checks (§7.1), the shard strategy of every op (§7.2) and the pipeline
+stage of every layer (§7.3) of the reference, computed from a `ParallelConfig`.
+
+This module only describes the plan; placing it on the cells (`primitive.shard(...)`, `pipeline_stage`)
+and compiling it are separate steps, so the table can be read and tested on its own.
+"""
+
+from __future__ import annotations
+
+from pangu_zoo.config import ModelConfig, ParallelConfig
+from pangu_zoo.errors import ConfigError
+
+Strategy = tuple[tuple[int, ...], ...]
+
+
+def head_vocab_parallel(parallel: ParallelConfig) -> bool:
+    """The tied head and word table are split over mp unless vocab_emb_dp, which pipelining turns off."""
+    return not parallel.vocab_emb_dp or parallel.pipeline_stage > 1
+
+
+def check_plan(model: ModelConfig, parallel: ParallelConfig, device_num: int) -> list[str]:
+    """Raise `ConfigError` for a plan the reference rejects; return warnings for plans that run badly."""
+    dp, mp, stages = parallel.data_parallel, parallel.model_parallel, parallel.pipeline_stage
+    if dp * mp * stages != device_num:
+        raise ConfigError(f"data_parallel ({dp}) x model_parallel ({mp}) x pipeline_stage ({stages}) = "
+                          f"{dp * mp * stages}, but device_num is {device_num}; they must be equal.")
+    if device_num & (device_num - 1):
+        raise ConfigError(f"device_num ({device_num}) must be a power of 2 for parallel training.")
+    for name, value in (("num_heads", model.num_heads), ("hidden_size", model.hidden_size),
+                        ("ffn_hidden_size", model.ffn_hidden_size)):
+        if value % mp:
+            raise ConfigError(f"{name} ({value}) must be a multiple of model_parallel ({mp}).")
+    if head_vocab_parallel(parallel) and model.vocab_size % mp:
+        raise ConfigError(f"vocab_size ({model.vocab_size}) must be a multiple of model_parallel ({mp}) when the "
+                          "word table is split (vocab_emb_dp off, or pipeline stages > 1).")
+    if stages > model.num_layers:
+        raise ConfigError(f"pipeline_stage ({stages}) is more than the model's layers ({model.num_layers}).")
+    experts, ep = model.moe.expert_num, parallel.expert_parallel
+    if experts > 1 and (experts % ep or dp % ep):
+        raise ConfigError(f"expert_num ({experts}) and data_parallel ({dp}) must be multiples of "
+                          f"expert_parallel ({ep}).")
+    if stages > 1 and parallel.micro_batch_num < 2:
+        raise ConfigError(f"pipeline_stage ({stages}) > 1 needs micro_batch_num (--micro_size) of at least 2: "
+                          "MindSpore splits each batch into micro-batches for the pipeline.")
+    warnings = []
+    if stages > 1 and parallel.micro_batch_num < stages:
+        warnings.append(f"micro_batch_num ({parallel.micro_batch_num}) < pipeline_stage ({stages}): the pipeline "
+                        "bubble leaves most devices idle; use at least as many micro batches as stages.")
+    return warnings
+
+
+def strategy_table(parallel: ParallelConfig) -> dict[str, Strategy]:
+    """Op -> shard strategy (one tuple per input, `()` for a scalar), as reference §7.2, for the tensor ranks
+    the cells use: the residual stream is [B, S, h], linear layers work on tokens [B*S, h]."""
+    dp, mp = parallel.data_parallel, parallel.model_parallel
+    vocab_split = head_vocab_parallel(parallel)
+    vp = mp if vocab_split else 1  # how the logits' vocabulary axis is split
+    return {
+        "input.slice": ((dp, 1),),
+        "input.not_equal": ((dp, 1), ()),
+        "input.mask_cast": ((dp, 1, 1),),
+        "input.mask_sub": ((), (dp, 1, 1)),
+        "input.mask_mul": ((dp, 1, 1), ()),
+        "input.mask_expand": ((dp, 1, 1),),
+        # the tied table has one layout for both users: split by rows exactly when the head is vocab-parallel
+        "word_embedding.gather": ((mp, 1), (dp, 1)) if vocab_split else ((1, 1), (dp, 1)),
+        "position_embedding.gather": ((1, 1), (dp, 1)),
+        "top_query_embedding.gather": ((1, 1), (dp, 1)),
+        "embedding.add": ((dp, 1, 1), (dp, 1, 1)),
+        "embedding.dropout": ((dp, 1, 1),),
+        "layernorm": ((dp, 1, 1), (1,), (1,)),
+        "attention.dense.matmul": ((dp, 1), (mp, 1)),  # Q/K/V, weight [out, in]: column-parallel by heads
+        "attention.dense.bias_add": ((dp, mp), (mp,)),
+        "attention.split_heads.transpose": ((dp, 1, mp, 1),),
+        "attention.scores.batch_matmul": ((dp, mp, 1, 1), (dp, mp, 1, 1)),
+        "attention.scale.mul": ((dp, mp, 1, 1), ()),
+        "attention.mask.add": ((dp, 1, 1, 1), (dp, mp, 1, 1)),
+        "attention.softmax": ((dp, mp, 1, 1),),
+        "attention.prob_dropout": ((dp, mp, 1, 1),),
+        "attention.context.batch_matmul": ((dp, mp, 1, 1), (dp, mp, 1, 1)),
+        "attention.merge_heads.transpose": ((dp, mp, 1, 1),),
+        # decode: the new key/value [B, n, 1, d] is written into the cache [B, n, T, d] at a 0/1 slot [B, 1, T, 1]
+        "attention.cache_keep.mul": ((dp, mp, 1, 1), (dp, 1, 1, 1)),
+        "attention.cache_new.mul": ((dp, mp, 1, 1), (dp, 1, 1, 1)),
+        "attention.cache.add": ((dp, mp, 1, 1), (dp, mp, 1, 1)),
+        "attention.projection.matmul": ((dp, mp), (mp, 1)),  # weight [in, out]: row-parallel, then allreduce
+        "attention.projection.bias_add": ((dp, 1), (1,)),
+        "attention.dropout": ((dp, 1, 1),),
+        "residual.add": ((dp, 1, 1), (dp, 1, 1)),
+        "ffn.mapping.matmul": ((dp, 1), (1, mp)),
+        "ffn.mapping.bias_add": ((dp, mp), (mp,)),
+        "ffn.activation": ((dp, mp),),
+        "ffn.projection.matmul": ((dp, mp), (mp, 1)),
+        "ffn.projection.bias_add": ((dp, 1), (1,)),
+        "ffn.dropout": ((dp, 1),),
+        "head.matmul": ((dp, 1), (mp, 1)) if vocab_split else ((dp, 1), (1, 1)),
+        "loss.max": ((dp, vp),),
+        "loss.sub": ((dp, vp), (dp, 1)),
+        "loss.exp": ((dp, vp),),
+        "loss.sum_exp": ((dp, vp),),
+        "loss.log": ((dp, 1),),
+        "loss.onehot": ((dp, vp), (), ()),
+        "loss.pick_mul": ((dp, vp), (dp, vp)),
+        "loss.pick_sum": ((dp, vp),),
+        "loss.log_softmax": ((dp, 1),),
+        "loss.pick_gather": ((dp, 1), (dp, 1)),
+        "loss.nll_sub": ((dp, 1), (dp, 1)),
+        "loss.mask_cast": ((dp,),),
+        "loss.mask_mul": ((dp,), (dp,)),
+        "loss.masked_sum": ((dp,),),
+        "loss.mask_sum": ((dp,),),
+    }
+
+
+def op_input_shapes(model: ModelConfig, batch: int, seq: int) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """The input shapes of each op of `strategy_table` for a global batch, as the cells lay them out."""
+    h, n, d, f, v = model.hidden_size, model.num_heads, model.head_dim, model.ffn_hidden_size, model.vocab_size
+    tokens, p = batch * seq, model.max_position_embeddings
+    heads, hidden, square = (batch, n, seq, d), (batch, seq, h), (batch, seq, seq)
+    return {
+        "input.slice": ((batch, seq + 1),),
+        "input.not_equal": ((batch, seq), ()),
+        "input.mask_cast": (square,),
+        "input.mask_sub": ((), square),
+        "input.mask_mul": (square, ()),
+        "input.mask_expand": (square,),
+        "word_embedding.gather": ((v, h), (batch, seq)),
+        "position_embedding.gather": ((p, h), (batch, seq)),
+        "top_query_embedding.gather": ((p, h), (batch, seq)),
+        "embedding.add": (hidden, hidden),
+        "embedding.dropout": (hidden,),
+        "layernorm": (hidden, (h,), (h,)),
+        "attention.dense.matmul": ((tokens, h), (h, h)),
+        "attention.dense.bias_add": ((tokens, h), (h,)),
+        "attention.split_heads.transpose": ((batch, seq, n, d),),
+        "attention.scores.batch_matmul": (heads, heads),
+        "attention.scale.mul": ((batch, n, seq, seq), ()),
+        "attention.mask.add": ((batch, 1, seq, seq), (batch, n, seq, seq)),
+        "attention.softmax": ((batch, n, seq, seq),),
+        "attention.prob_dropout": ((batch, n, seq, seq),),
+        "attention.context.batch_matmul": ((batch, n, seq, seq), heads),
+        "attention.merge_heads.transpose": (heads,),
+        "attention.cache_keep.mul": (heads, (batch, 1, seq, 1)),
+        "attention.cache_new.mul": ((batch, n, 1, d), (batch, 1, seq, 1)),
+        "attention.cache.add": (heads, heads),
+        "attention.projection.matmul": ((tokens, h), (h, h)),
+        "attention.projection.bias_add": ((tokens, h), (h,)),
+        "attention.dropout": (hidden,),
+        "residual.add": (hidden, hidden),
+        "ffn.mapping.matmul": ((tokens, h), (h, f)),
+        "ffn.mapping.bias_add": ((tokens, f), (f,)),
+        "ffn.activation": ((tokens, f),),
+        "ffn.projection.matmul": ((tokens, f), (f, h)),
+        "ffn.projection.bias_add": ((tokens, h), (h,)),
+        "ffn.dropout": ((tokens, h),),
+        "head.matmul": ((tokens, h), (v, h)),
+        "loss.max": ((tokens, v),),
+        "loss.sub": ((tokens, v), (tokens, 1)),
+        "loss.exp": ((tokens, v),),
+        "loss.sum_exp": ((tokens, v),),
+        "loss.log": ((tokens, 1),),
+        "loss.onehot": ((tokens, v), (), ()),
+        "loss.pick_mul": ((tokens, v), (tokens, v)),
+        "loss.pick_sum": ((tokens, v),),
+        "loss.log_softmax": ((tokens, v),),
+        "loss.pick_gather": ((tokens, v), (tokens, 1)),
+        "loss.nll_sub": ((tokens, 1), (tokens, 1)),
+        "loss.mask_cast": ((tokens,),),
+        "loss.mask_mul": ((tokens,), (tokens,)),
+        "loss.masked_sum": ((tokens,),),
+        "loss.mask_sum": ((tokens,),),
+    }
+
+
+def rank_stage(rank: int, device_num: int, stages: int) -> int:
+    """The pipeline stage of a rank: MindSpore gives each stage a contiguous block of device_num / stages ranks."""
+    return rank // (device_num // stages)
+
+
+def layer_stages(model: ModelConfig, parallel: ParallelConfig) -> dict[str, int]:
+    """Pipeline stage of each part (§7.3): blocks by `min(i // max(L // P, 1), P - 1)` with L = num_layers;
+    embeddings on stage 0; final LayerNorm, top-query layer and head on the last stage."""
+    stages, per_stage = parallel.pipeline_stage, max(model.num_layers // parallel.pipeline_stage, 1)
+    placement = {"embedding": 0}
+    for i in range(model.num_blocks):
+        placement[f"blocks.{i}"] = min(i // per_stage, stages - 1)
+    placement["layernorm"] = stages - 1
+    if model.has_top_query_layer:
+        placement["top_query_embedding"] = stages - 1
+        placement["top_query_layer"] = stages - 1
+    placement["head"] = stages - 1
+    return placement
+
+
+def optimizer_shardable(parameter_name: str) -> bool:
+    """Optimizer sharding skips LayerNorm parameters, biases and embedding tables (parallel_optimizer=False)."""
+    name = parameter_name.lower()
+    return not ("layernorm" in name or name.endswith(".bias") or "embedding" in name)

@@ -1,0 +1,214 @@
+"""`python train.py` / `pangu train`: the reference's training arguments (pangu_alpha.md §6.1).
+
+Runs on one device, data-parallel over several processes (`--distribute true` under msrun/mpirun), or with
+a sharded plan (`--parallel_mode semi_auto_parallel` with `--op_level_model_parallel_num`, `--stage_num`,
+`--micro_size`, `--optimizer_shard`, `--word_emb_dp`) on GPU/Ascend clusters. A sharded plan cannot execute
+on CPU; `pangu dryrun` compiles it here with the same arguments and the same training-step builder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false or 1/0, got {text!r}")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=["pangu_alpha", "gpt2"], default="pangu_alpha")
+    model.add_argument("--mode", default="2.6B",
+                       help="preset: 350M|1.3B|2.6B|13B|200B, any `pangu presets` name, or self_define")
+    model.add_argument("--config", help="JSON file of ModelConfig fields (overrides --mode)")
+    model.add_argument("--seq_length", type=int, default=1024)
+    model.add_argument("--vocab_size", type=int, default=None)
+    model.add_argument("--embedding_size", type=int, default=16384, help="hidden size for self_define")
+    model.add_argument("--num_layers", type=int, default=64, help="layers for self_define")
+    model.add_argument("--num_heads", type=int, default=128, help="heads for self_define")
+    model.add_argument("--param_init_type", choices=["fp32", "fp16", "bf16"], default="fp32")
+    model.add_argument("--dropout_rate", type=float, default=0.1)
+
+
+def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    par = parser.add_argument_group("parallel plan")
+    par.add_argument("--device_num", type=int, default=1,
+                     help="devices of a sharded plan (with --distribute the launched world size is used)")
+    par.add_argument("--op_level_model_parallel_num", type=int, default=1, help="model (tensor) parallel ways")
+    par.add_argument("--stage_num", type=int, default=1, help="pipeline stages")
+    par.add_argument("--micro_size", type=int, default=1, help="micro-batches per step when pipelining")
+    par.add_argument("--optimizer_shard", type=int, choices=[0, 1], default=0)
+    par.add_argument("--optimizer_shard_threshold", type=int, default=None,
+                     help="KB below which parameters are not optimizer-sharded (MindSpore default 64)")
+    par.add_argument("--word_emb_dp", type=int, choices=[0, 1], default=1,
+                     help="1: replicate the word table; 0: split it over the model-parallel ways")
+    par.add_argument("--gradient_aggregation_group", type=int, default=4)
+    par.add_argument("--per_batch_size", type=int, required=True, help="rows per data-parallel replica")
+    par.add_argument("--optimizer", choices=["adam", "lamb"], default="adam")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    add_parallel_arguments(parser)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data_url", required=True, help="folder (or file) written by `pangu preprocess`")
+    data.add_argument("--eod_reset", type=int, choices=[0, 1], default=1)
+    data.add_argument("--eod_id", type=int, default=None, help="default: the id recorded by preprocess")
+    data.add_argument("--epoch_size", type=int, default=1)
+    data.add_argument("--max_steps", type=int, default=None, help="stop after this many steps")
+    data.add_argument("--seed", type=int, default=1)
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--start_lr", type=float, default=5e-5)
+    optim.add_argument("--end_lr", type=float, default=1e-6)
+    optim.add_argument("--warmup_step", type=int, default=2000)
+    optim.add_argument("--decay_steps", type=int, default=200000)
+    ckpt = parser.add_argument_group("checkpoints")
+    ckpt.add_argument("--save_checkpoint_path", default="output/checkpoints")
+    ckpt.add_argument("--save_checkpoint_steps", type=int, default=2000)
+    ckpt.add_argument("--keep_checkpoint_max", type=int, default=1)
+    ckpt.add_argument("--ckpt_name_prefix", default="pangu")
+    ckpt.add_argument("--pre_trained", type=_bool, default=False, help="resume from the newest checkpoint")
+    ckpt.add_argument("--incremental_training", type=int, choices=[0, 1], default=0)
+    ckpt.add_argument("--load_ckpt_path", help="pretrained model directory to start from (incremental training)")
+    ckpt.add_argument("--save_pretrained", help="also save the final model here as a model directory")
+    ckpt.add_argument("--log_file", help="JSON-lines log (default: <save_checkpoint_path>/train_log.jsonl)")
+    ckpt.add_argument("--peak_gflops", type=float, default=332.0, help="device fp32 peak for the MFU figure")
+    par = parser.add_argument_group("devices")
+    par.add_argument("--device_target", choices=["CPU", "GPU", "Ascend"], default="CPU")
+    par.add_argument("--distribute", type=_bool, default=False)
+    par.add_argument("--parallel_mode", default="data_parallel",
+                     choices=["data_parallel", "semi_auto_parallel", "auto_parallel"])
+    par.add_argument("--full_batch", type=int, choices=[0, 1], default=1,
+                     help="sharded plans: every rank reads the whole global batch (the only supported way)")
+    par.add_argument("--sink_size", type=int, default=2, help="accepted for compatibility (steps run one by one)")
+    par.add_argument("--strategy_load_ckpt_path", default="", help="strategy file of a sharded run to resume")
+    par.add_argument("--run_type", default="train", choices=["train"])
+
+
+def model_config(args: argparse.Namespace):
+    """The ModelConfig the arguments describe."""
+    from pangu_zoo.config import ModelConfig, get_preset
+    from pangu_zoo.errors import ConfigError
+
+    overrides = {"max_position_embeddings": args.seq_length, "param_dtype": args.param_init_type,
+                 "dropout_rate": args.dropout_rate}
+    if args.vocab_size:
+        overrides["vocab_size"] = args.vocab_size
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"--config {path} does not exist")
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"--config {path} is not valid JSON: {error}") from error
+        return ModelConfig.from_dict({**values, **overrides})
+    if args.mode == "self_define":
+        base = "pangu_alpha_tiny" if args.model == "pangu_alpha" else "gpt2-tiny"
+        return get_preset(base, hidden_size=args.embedding_size, num_layers=args.num_layers,
+                          num_heads=args.num_heads, ffn_hidden_size=4 * args.embedding_size, **overrides)
+    config = get_preset(args.mode, **overrides)
+    if config.family != args.model and args.mode.lower() in ("350m", "1.3b", "2.6b", "13b", "200b"):
+        raise ConfigError(f"--mode {args.mode} is a PanGu-alpha preset; for GPT-2 use gpt2, gpt2-medium, ...")
+    return config
+
+
+def parallel_config(args: argparse.Namespace, device_num: int):
+    """The ParallelConfig of the arguments for `device_num` devices; data_parallel is what remains."""
+    from pangu_zoo.config import ParallelConfig
+    from pangu_zoo.errors import ConfigError
+
+    mp, stages = args.op_level_model_parallel_num, args.stage_num
+    if mp < 1 or stages < 1 or device_num < 1:
+        raise ConfigError("--op_level_model_parallel_num, --stage_num and --device_num must be at least 1")
+    if device_num % (mp * stages):
+        raise ConfigError(f"device_num ({device_num}) is not a multiple of op_level_model_parallel_num ({mp}) x "
+                          f"stage_num ({stages}) = {mp * stages}; dp x mp x stages must equal the device count.")
+    return ParallelConfig(data_parallel=device_num // (mp * stages), model_parallel=mp, pipeline_stage=stages,
+                          micro_batch_num=args.micro_size, optimizer_shard=bool(args.optimizer_shard),
+                          vocab_emb_dp=bool(args.word_emb_dp),
+                          gradient_aggregation_group=args.gradient_aggregation_group)
+
+
+def checked_plan(args: argparse.Namespace, config, device_num: int):
+    """parallel_config + the reference's plan checks (clear errors; warnings are logged)."""
+    from pangu_zoo.parallel.strategy import check_plan
+
+    parallel = parallel_config(args, device_num)
+    for warning in check_plan(config, parallel, device_num):
+        log.warning(warning)
+    return parallel
+
+
+def run(args: argparse.Namespace) -> int:
+    import mindspore as ms
+
+    from pangu_zoo.config import ParallelConfig
+    from pangu_zoo.errors import ConfigError
+    from pangu_zoo.models import build_model, from_pretrained
+    from pangu_zoo.parallel.context import SHARDED_MODES, configure_parallel
+    from pangu_zoo.training.trainer import TrainSettings, train
+
+    sharded = args.parallel_mode in SHARDED_MODES
+    if not sharded and (args.op_level_model_parallel_num > 1 or args.stage_num > 1):
+        raise ConfigError("--op_level_model_parallel_num and --stage_num above 1 need "
+                          "--parallel_mode semi_auto_parallel")
+    if sharded and args.device_target == "CPU":
+        raise ConfigError("sharded plans (semi/auto parallel) cannot execute on CPU; compile the plan with "
+                          "`pangu dryrun` (same arguments) and train it on GPU or Ascend devices")
+    if sharded and not args.full_batch:
+        raise ConfigError("sharded plans read the whole global batch on every rank: use --full_batch 1")
+    data_path = Path(args.data_url)
+    if not data_path.exists():
+        raise ConfigError(f"--data_url {data_path} does not exist; create it with `pangu preprocess`")
+    config = model_config(args)
+    if ms.get_context("device_target") != args.device_target:  # setting it again after start-up is an error
+        ms.set_device(args.device_target)
+    rank, rank_size, parallel = 0, 1, ParallelConfig()
+    if args.distribute:
+        from mindspore.communication import get_group_size, get_rank, init
+
+        init()
+        rank, rank_size = get_rank(), get_group_size()
+        if sharded:
+            parallel = checked_plan(args, config, rank_size)
+            configure_parallel(parallel, rank_size, args.parallel_mode, strategy_load_file=args.strategy_load_ckpt_path,
+                               strategy_save_file=str(Path(args.save_checkpoint_path) / "strategy.ckpt"),
+                               optimizer_shard_threshold_kb=args.optimizer_shard_threshold)
+        else:
+            configure_parallel(parallel, rank_size, "data_parallel")
+    elif sharded:
+        raise ConfigError("sharded plans need --distribute true under msrun/mpirun")
+    ms.set_seed(args.seed)
+    if args.incremental_training or args.load_ckpt_path:
+        if not args.load_ckpt_path:
+            raise ConfigError("--incremental_training 1 needs --load_ckpt_path (a pretrained model directory)")
+        model = from_pretrained(args.load_ckpt_path, dropout_rate=args.dropout_rate)
+        log.info("starting from %s", args.load_ckpt_path)
+    else:
+        model = build_model(config)
+    settings = TrainSettings(
+        data_path=str(data_path), per_batch_size=args.per_batch_size, epochs=args.epoch_size,
+        max_steps=args.max_steps, start_lr=args.start_lr, end_lr=args.end_lr, warmup_steps=args.warmup_step,
+        decay_steps=args.decay_steps, optimizer=args.optimizer, seed=args.seed, eod_reset=bool(args.eod_reset),
+        eod_id=args.eod_id, save_dir=args.save_checkpoint_path, save_steps=args.save_checkpoint_steps,
+        keep_checkpoints=args.keep_checkpoint_max, prefix=args.ckpt_name_prefix, resume=args.pre_trained,
+        log_file=args.log_file, peak_gflops=args.peak_gflops, rank=rank, rank_size=rank_size, parallel=parallel,
+        full_batch=sharded)
+    records = train(model, settings)
+    if records:
+        print(f"trained {len(records)} steps: loss {records[0]['loss']:.4f} -> {records[-1]['loss']:.4f}")
+    if args.save_pretrained and rank == 0:
+        model.save_pretrained(args.save_pretrained)
+        print(f"saved the model to {args.save_pretrained}")
+    return 0
