@@ -103,3 +103,25 @@ def test_bfloat16_parameters_run_and_round_trip(tiny_gpt2, tmp_path):
     assert np.abs(bf16.forward_logits(ids) - tiny_gpt2.forward_logits(ids)).max() < 5e-2
     bf16.save_pretrained(tmp_path / "again")
     assert from_pretrained(tmp_path / "again").config.param_dtype == "bfloat16"
+
+
+def test_saving_another_format_removes_the_stale_weights(tmp_path):
+    old = build_model("gpt2-tiny", vocab_size=100, max_position_embeddings=32, dropout_rate=0.0,
+                      eod_token_id=0, pad_token_id=0, eos_token_id=0)
+    new = build_model("gpt2-tiny", vocab_size=100, max_position_embeddings=32, dropout_rate=0.0,
+                      eod_token_id=0, pad_token_id=0, eos_token_id=0)
+    weights = new.state_dict()
+    weights["backbone.layernorm.beta"] += 1.0  # make sure the two models differ
+    new.load_state_dict(weights)
+    old.save_pretrained(tmp_path, weights_format="safetensors")
+    new.save_pretrained(tmp_path, weights_format="ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.ckpt"]
+    loaded = from_pretrained(tmp_path)
+    assert np.array_equal(loaded.state_dict()["backbone.layernorm.beta"], weights["backbone.layernorm.beta"])
+
+
+def test_directory_with_both_weights_files_is_refused(tiny_gpt2, tmp_path):
+    tiny_gpt2.save_pretrained(tmp_path, weights_format="ckpt")
+    (tmp_path / "model.safetensors").write_bytes((tmp_path / "model.ckpt").read_bytes())
+    with pytest.raises(CheckpointError, match=r"more than one weights file \(model\.safetensors, model\.ckpt\)"):
+        from_pretrained(tmp_path)

@@ -1,8 +1,10 @@
 """Model directories: `config.json` + weights, saved by this project or by Hugging Face (GPT-2).
 
-Our directories hold `config.json` (a `ModelConfig`, recognised by its `family` key) and
-`model.safetensors` or `model.ckpt`. Hugging Face GPT-2 directories hold their own `config.json` and
-`model.safetensors` or `pytorch_model.bin`.
+Our directories hold `config.json` (a `ModelConfig`, recognised by its `family` key) and exactly one of
+`model.safetensors` or `model.ckpt`: saving removes the other format's file, and loading refuses a directory
+holding both (which one is current cannot be told). Hugging Face GPT-2 directories hold their own
+`config.json` and `model.safetensors` and/or `pytorch_model.bin` (Hub folders often carry both, the same
+weights); safetensors is preferred there, as transformers does.
 """
 
 from __future__ import annotations
@@ -50,6 +52,16 @@ def _find(directory: Path, names: tuple[str, ...]) -> Path:
     raise CheckpointError(f"{directory} has no weights file (looked for {', '.join(names)})")
 
 
+def _our_weights_file(directory: Path) -> Path:
+    present = [directory / name for name in OUR_WEIGHTS if (directory / name).is_file()]
+    if len(present) > 1:
+        raise CheckpointError(
+            f"{directory} holds more than one weights file ({', '.join(p.name for p in present)}) and which one "
+            "is current cannot be told; delete the stale one (save_pretrained keeps only the one it writes)"
+        )
+    return _find(directory, OUR_WEIGHTS)
+
+
 def from_pretrained(path: str | os.PathLike, **overrides: Any):
     """Build the model a directory describes and load its weights.
 
@@ -67,7 +79,7 @@ def from_pretrained(path: str | os.PathLike, **overrides: Any):
             weights = hf_gpt2.state_from_hf(raw, config)
         else:
             config = ModelConfig.from_dict({**values, **overrides})
-            weights = load_weights(_find(directory, OUR_WEIGHTS))
+            weights = load_weights(_our_weights_file(directory))
     except ConfigError as error:
         raise CheckpointError(f"{directory / CONFIG_NAME}: {error}") from error
     model = build_model(config)
@@ -75,8 +87,20 @@ def from_pretrained(path: str | os.PathLike, **overrides: Any):
     return model
 
 
+def _remove_stale_weights(directory: Path, keep: Path) -> None:
+    """Delete our other-format weights file, which loading would otherwise have to choose against."""
+    for name in OUR_WEIGHTS:
+        stale = directory / name
+        if stale != keep and stale.is_file():
+            try:
+                stale.unlink()
+            except OSError as error:
+                raise CheckpointError(f"cannot remove the stale weights file {stale}: {error}") from error
+
+
 def save_pretrained(model, directory: str | os.PathLike, weights_format: str = "safetensors") -> None:
-    """Write `config.json` and `model.<format>` into `directory` (created if needed), atomically per file."""
+    """Write `config.json` and `model.<format>` into `directory` (created if needed), atomically per file,
+    and remove a `model.*` weights file of the other format left by an earlier save."""
     if weights_format not in ("safetensors", "ckpt"):
         raise CheckpointError(f"unknown weights format {weights_format!r}; use safetensors or ckpt")
     directory = Path(directory)
@@ -84,6 +108,8 @@ def save_pretrained(model, directory: str | os.PathLike, weights_format: str = "
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CheckpointError(f"cannot create {directory}: {error}") from error
-    save_weights(model.state_dict(), directory / f"model.{weights_format}")
+    written = directory / f"model.{weights_format}"
+    save_weights(model.state_dict(), written)
+    _remove_stale_weights(directory, keep=written)
     with atomic_path(directory / CONFIG_NAME) as tmp:
         tmp.write_text(model.config.to_json() + "\n", encoding="utf-8")
