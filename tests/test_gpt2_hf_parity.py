@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from pangu_zoo.checkpoint.pretrained import from_pretrained  # noqa: E402
+from pangu_zoo.errors import CheckpointError  # noqa: E402
 
 VOCAB = 1000
 
@@ -98,3 +99,48 @@ def test_pytorch_bin_layouts_load(hf_model, hf_dir, ours, tmp_path, prefix, buff
     loaded = from_pretrained(directory)
     ids = np.arange(12)[None, :]
     assert np.abs(loaded.forward_logits(ids) - ours.forward_logits(ids)).max() == 0.0
+
+
+def _save_hf(tmp_path, **config_fields):
+    """A tiny GPT-2 saved by transformers with the given config fields."""
+    torch.manual_seed(1)
+    fields = dict(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=4, eos_token_id=VOCAB - 1)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**fields, **config_fields})).eval()
+    model.save_pretrained(tmp_path)
+    return model
+
+
+def test_untied_head_is_refused(tmp_path):
+    model = _save_hf(tmp_path, tie_word_embeddings=False)
+    assert not torch.equal(model.lm_head.weight, model.transformer.wte.weight)
+    with pytest.raises(CheckpointError, match=r"lm_head\.weight differs from the word embedding"):
+        from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("field,value", [("scale_attn_weights", False), ("scale_attn_by_inverse_layer_idx", True)])
+def test_attention_options_that_change_the_math_are_refused(tmp_path, field, value):
+    _save_hf(tmp_path, **{field: value})
+    with pytest.raises(CheckpointError, match=f"{field}={value} is not supported"):
+        from_pretrained(tmp_path)
+
+
+def test_reorder_and_upcast_attn_loads_with_fp32_compute_only(tmp_path):
+    model = _save_hf(tmp_path, reorder_and_upcast_attn=True)
+    ids = np.random.default_rng(3).integers(0, VOCAB, size=(2, 16))
+    ours = from_pretrained(tmp_path)
+    assert np.abs(ours.forward_logits(ids) - _hf_logits(model, ids, np.ones_like(ids))).max() <= 1e-4
+    with pytest.raises(CheckpointError, match="reorder_and_upcast_attn=true asks for fp32"):
+        from_pretrained(tmp_path, compute_dtype="float16")
+
+
+def test_pad_token_id_zero_stays_zero(tmp_path):
+    _save_hf(tmp_path, pad_token_id=0)
+    config = from_pretrained(tmp_path).config
+    assert (config.pad_token_id, config.eos_token_id) == (0, VOCAB - 1)
+
+
+def test_tied_head_in_a_bin_file_loads(hf_model, hf_dir, ours, tmp_path):
+    (tmp_path / "config.json").write_text((hf_dir / "config.json").read_text())
+    torch.save(hf_model.state_dict(), tmp_path / "pytorch_model.bin")  # holds lm_head.weight == wte.weight
+    ids = np.arange(12)[None, :]
+    assert np.abs(from_pretrained(tmp_path).forward_logits(ids) - ours.forward_logits(ids)).max() == 0.0

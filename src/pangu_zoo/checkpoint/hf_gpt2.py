@@ -2,6 +2,12 @@
 
 HF's Conv1D stores weights [in, out]; our query/key/value weights are [out, in] (so they are split
 out of `c_attn` and transposed) while projection/mapping weights are [in, out] like Conv1D.
+
+What this model cannot compute is refused, naming the field: an output head (`lm_head.weight`) that differs
+from the word table (ours is tied), `scale_attn_weights: false` and `scale_attn_by_inverse_layer_idx: true`
+(we scale every layer's scores by 1/sqrt(head_dim) only). `reorder_and_upcast_attn: true` is accepted with
+fp32 compute, where our scores and softmax are already fp32 (the flag changes precision, not the math), and
+refused with fp16/bf16 compute, where our score matmul would run in the lower precision the flag avoids.
 """
 
 from __future__ import annotations
@@ -16,33 +22,60 @@ from pangu_zoo.errors import CheckpointError, ConfigError
 # HF activation names whose math equals our tanh-GELU.
 _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+# HF attention options (with their defaults) whose other value changes the math.
+_FIXED_ATTENTION_OPTIONS = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False}
+_UPCAST_OPTION = "reorder_and_upcast_attn"
 
 
 def is_hf_gpt2_config(values: dict[str, Any]) -> bool:
     return "family" not in values and (values.get("model_type") == "gpt2" or "n_embd" in values)
 
 
+def _get(values: dict[str, Any], key: str, default: Any) -> Any:
+    """`values[key]`, or `default` when it is absent or null (a 0 stays 0)."""
+    value = values.get(key)
+    return default if value is None else value
+
+
+def _check_attention_options(values: dict[str, Any]) -> None:
+    for field, default in _FIXED_ATTENTION_OPTIONS.items():
+        value = _get(values, field, default)
+        if bool(value) != default:
+            raise ConfigError(f"{field}={value!r} is not supported: this model scales every layer's attention "
+                              f"scores by 1/sqrt(head_dim) only ({field}={default} does that)")
+
+
+def check_precision(values: dict[str, Any], config: ModelConfig) -> None:
+    """Refuse `reorder_and_upcast_attn` unless the scores are computed in fp32, as the flag asks."""
+    if _get(values, _UPCAST_OPTION, False) and config.compute_dtype != "float32":
+        raise ConfigError(f"{_UPCAST_OPTION}=true asks for fp32 attention scores; with compute_dtype "
+                          f"{config.compute_dtype} they would not be: load with compute_dtype='float32'")
+
+
 def config_from_hf(values: dict[str, Any]) -> ModelConfig:
-    act = values.get("activation_function", "gelu_new")
+    act = _get(values, "activation_function", "gelu_new")
     if act not in _TANH_GELU:
         raise ConfigError(f"GPT-2 activation {act!r} is not supported; supported: {', '.join(_TANH_GELU)}")
-    n_embd = values.get("n_embd", 768)
-    eos = values.get("eos_token_id", 50256)
-    return ModelConfig(
+    _check_attention_options(values)
+    n_embd = _get(values, "n_embd", 768)
+    eos = _get(values, "eos_token_id", 50256)
+    config = ModelConfig(
         family="gpt2",
-        vocab_size=values.get("vocab_size", 50257),
+        vocab_size=_get(values, "vocab_size", 50257),
         hidden_size=n_embd,
-        num_layers=values.get("n_layer", 12),
-        num_heads=values.get("n_head", 12),
-        ffn_hidden_size=values.get("n_inner") or 4 * n_embd,
-        max_position_embeddings=values.get("n_positions", 1024),
-        layernorm_epsilon=values.get("layer_norm_epsilon", 1e-5),
+        num_layers=_get(values, "n_layer", 12),
+        num_heads=_get(values, "n_head", 12),
+        ffn_hidden_size=_get(values, "n_inner", 4 * n_embd),
+        max_position_embeddings=_get(values, "n_positions", 1024),
+        layernorm_epsilon=_get(values, "layer_norm_epsilon", 1e-5),
         hidden_act="gelu",
         dropout_rate=0.0,
         eod_token_id=eos,
-        pad_token_id=values.get("pad_token_id") or eos,
+        pad_token_id=_get(values, "pad_token_id", eos),
         eos_token_id=eos,
     )
+    check_precision(values, config)
+    return config
 
 
 def _strip(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -54,8 +87,19 @@ def _strip(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def _check_tied_head(state: dict[str, np.ndarray]) -> None:
+    """Our head is the word table; an `lm_head.weight` equal to it (tied, as saved in .bin files) is fine."""
+    head = state.get("lm_head.weight")
+    table = state.get("transformer.wte.weight", state.get("wte.weight"))
+    if head is not None and table is not None and not np.array_equal(head, table):
+        raise CheckpointError("lm_head.weight differs from the word embedding wte.weight (an untied head, "
+                              "tie_word_embeddings false); this model's output head is the word table, so it "
+                              "cannot hold these weights")
+
+
 def state_from_hf(state: dict[str, np.ndarray], config: ModelConfig) -> dict[str, np.ndarray]:
     """HF GPT-2 state dict (with or without `transformer.`, with or without attn.bias buffers) -> ours."""
+    _check_tied_head(state)
     src = _strip(state)
     used: set[str] = set()
 

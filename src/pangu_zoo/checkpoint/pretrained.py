@@ -76,6 +76,7 @@ def from_pretrained(path: str | os.PathLike, **overrides: Any):
             config = hf_gpt2.config_from_hf(values)
             raw = load_weights(_find(directory, HF_WEIGHTS))
             config = config.replace(**overrides) if overrides else config
+            hf_gpt2.check_precision(values, config)  # an override may lower the compute precision
             weights = hf_gpt2.state_from_hf(raw, config)
         else:
             config = ModelConfig.from_dict({**values, **overrides})
