@@ -15,10 +15,17 @@ import numpy as np
 from mindspore import nn
 
 from pangu_zoo.config import ModelConfig
-from pangu_zoo.errors import CheckpointError, InputError
+from pangu_zoo.errors import CheckpointError, ConfigError, InputError
 from pangu_zoo.models.layers import Backbone
 from pangu_zoo.models.masks import causal_padding_mask, mask_to_bias
 from pangu_zoo.runtime import use_graph_mode
+
+
+def _refuse_mixture_of_experts(config: ModelConfig) -> None:
+    # the layers only build a dense FFN; building one for an MoE config would silently train another model
+    if config.moe.expert_num > 1:
+        raise ConfigError(f"moe.expert_num is {config.moe.expert_num}, but mixture-of-experts layers are not "
+                          "implemented yet; use expert_num 1 (a dense FFN)")
 
 
 class CausalLM(nn.Cell):
@@ -30,6 +37,7 @@ class CausalLM(nn.Cell):
         super().__init__()
         if self.family and config.family != self.family:
             raise InputError(f"{type(self).__name__} needs a {self.family} config, got family {config.family!r}")
+        _refuse_mixture_of_experts(config)
         self.config = config
         self.backbone = Backbone(config)
         self._graphs: dict[str, nn.Cell] = {}
