@@ -167,7 +167,9 @@ class Attention(nn.Cell):
         self.dense3 = Linear(h, h, std, dtype, cdt, weight_out_in=True)
         self.projection = Linear(h, h, out_std, dtype, cdt, weight_out_in=False)
         self.num_heads, self.head_dim = config.num_heads, config.head_dim
-        self.scale = ms.Tensor(1.0 / math.sqrt(config.head_dim), ms.float32)
+        # q and k are each scaled by d^-1/4 before q·kᵀ (the reference's order): unscaled, q·kᵀ of
+        # activations at 2.6B scale exceeds the fp16 range (65504) before any 1/sqrt(d) could help
+        self.qk_scale = ms.Tensor(config.head_dim ** -0.25, cdt)
         self.compute_dtype = cdt
         self.prob_dropout = Dropout(config.dropout_rate)
         self.dropout = Dropout(config.dropout_rate)
@@ -190,9 +192,17 @@ class Attention(nn.Cell):
         b, s, _ = x.shape
         return self.split_heads(x.reshape(b, s, self.num_heads, self.head_dim), (0, 2, 1, 3))
 
+    def _scale(self, x):
+        """x * d^-1/4 for a query or key [B, n, S, d]; q·kᵀ of two scaled tensors is q·kᵀ/sqrt(d)."""
+        return self.scale_mul(x, self.qk_scale)
+
+    def _scores(self, q, k):
+        """Scaled q [B, n, S, d] and k [B, n, T, d] -> scores [B, n, S, T] in fp32."""
+        return _cast(self.scores_matmul(q, k), ms.float32)
+
     def _context(self, q, k, v, bias):
-        """q [B, n, S, d], k/v [B, n, T, d], bias [B, 1, S, T] -> context [B, n, S, d]."""
-        scores = self.scale_mul(_cast(self.scores_matmul(q, k), ms.float32), self.scale)
+        """Scaled q [B, n, S, d], scaled k and v [B, n, T, d], bias [B, 1, S, T] -> context [B, n, S, d]."""
+        scores = self._scores(q, k)
         probs = self.prob_dropout(self.softmax(self.mask_add(bias, scores)))
         return self.context_matmul(_cast(probs, self.compute_dtype), v)
 
@@ -203,9 +213,10 @@ class Attention(nn.Cell):
         return self.dropout(self.projection(ctx))
 
     def construct(self, query_input, kv_input, bias):
-        """query_input, kv_input [B, S, h]; bias [B, 1, S, S] fp32 -> (out [B, S, h], k, v [B, n, S, d])."""
-        q = self._heads(self.dense1(query_input))
-        k = self._heads(self.dense2(kv_input))
+        """query_input, kv_input [B, S, h]; bias [B, 1, S, S] fp32 -> (out [B, S, h], k, v [B, n, S, d]).
+        The returned keys are already scaled by d^-1/4, so a cache of them is never rescaled."""
+        q = self._scale(self._heads(self.dense1(query_input)))
+        k = self._scale(self._heads(self.dense2(kv_input)))
         v = self._heads(self.dense3(kv_input))
         return self._attend(q, k, v, bias), k, v
 
@@ -223,8 +234,8 @@ class Attention(nn.Cell):
         [B, 1, n*d] and [B, n, 1, d] hold the same values in the same order."""
         b = query_input.shape[0]
         shape = (b, self.num_heads, 1, self.head_dim)
-        q = self.dense1(query_input).reshape(shape)
-        k_cache = self._write(k_cache, self.dense2(kv_input).reshape(shape), slot)
+        q = self._scale(self.dense1(query_input).reshape(shape))
+        k_cache = self._write(k_cache, self._scale(self.dense2(kv_input).reshape(shape)), slot)
         v_cache = self._write(v_cache, self.dense3(kv_input).reshape(shape), slot)
         ctx = self._context(q, _cast(k_cache, self.compute_dtype), _cast(v_cache, self.compute_dtype), bias)
         out = self.dropout(self.projection(ctx.reshape(b, 1, self.num_heads * self.head_dim)))

@@ -134,7 +134,7 @@ def op_input_shapes(model: ModelConfig, batch: int, seq: int) -> dict[str, tuple
         "attention.dense.bias_add": ((tokens, h), (h,)),
         "attention.split_heads.transpose": ((batch, seq, n, d),),
         "attention.scores.batch_matmul": (heads, heads),
-        "attention.scale.mul": ((batch, n, seq, seq), ()),
+        "attention.scale.mul": (heads, ()),  # q and k, each scaled before q·kᵀ
         "attention.mask.add": ((batch, 1, seq, seq), (batch, n, seq, seq)),
         "attention.softmax": ((batch, n, seq, seq),),
         "attention.prob_dropout": ((batch, n, seq, seq),),
