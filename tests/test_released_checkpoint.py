@@ -248,3 +248,96 @@ def test_predict_loader_takes_a_mindformers_named_file(released, tmp_path):
     loaded = load_model(tmp_path / "pangu.ckpt", "pangu_alpha_tiny", None, **PRESET)
     ids = np.arange(1, 17)[None, :]
     assert np.abs(loaded.forward_logits(ids) - model.forward_logits(ids)).max() <= 1e-6
+
+
+def _train_args(*argv: str):
+    import argparse
+
+    from pangu_zoo.training.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["--data_url", "unused", "--per_batch_size", "1", "--mode", "pangu_alpha_tiny",
+                              "--vocab_size", "120", "--seq_length", "32", "--dropout_rate", "0", *argv])
+
+
+def test_train_starts_from_the_released_layout_with_the_reference_arguments(released):
+    from pangu_zoo.inference.predict import load_model
+    from pangu_zoo.training.cli import model_config, starting_model
+
+    _, weights, root = released
+    # run_distribute_incremental_train.sh: STRATEGY_CKPT CKPT_PATH CKPT_NAME (a slice prefix, not a folder)
+    args = _train_args("--incremental_training", "1", "--load_ckpt_path", str(root / "checkpoint_file"),
+                       "--load_ckpt_name", "filitered",
+                       "--strategy_load_ckpt_path", str(root / "strategy_load_ckpt" / "strategy.ckpt"))
+    trained_from = starting_model(args, model_config(args)).state_dict()
+    predicted_with = load_model(root, "pangu_alpha_tiny", None, **PRESET).state_dict()
+    assert sorted(trained_from) == sorted(predicted_with) == sorted(weights)
+    for name, value in weights.items():
+        assert np.array_equal(trained_from[name], value) and np.array_equal(predicted_with[name], value), name
+
+
+def test_train_takes_a_load_ckpt_name_folder_and_a_mindformers_file(released, tmp_path):
+    from pangu_zoo.checkpoint.io import save_weights
+    from pangu_zoo.training.cli import model_config, starting_model
+
+    model, weights, root = released
+    args = _train_args("--load_ckpt_path", str(root.parent), "--load_ckpt_name", root.name)
+    assert np.array_equal(starting_model(args, model_config(args)).state_dict()["backbone.layernorm.gamma"],
+                          weights["backbone.layernorm.gamma"])
+    save_weights({"word_embedding_table" if k == mindformers.WORD else k: v for k, v in weights.items()},
+                 tmp_path / "pangu.ckpt")
+    args = _train_args("--load_ckpt_path", str(tmp_path / "pangu.ckpt"))
+    loaded = starting_model(args, model_config(args)).state_dict()
+    assert np.array_equal(loaded[mindformers.WORD], weights[mindformers.WORD])
+
+
+def test_released_layout_is_tanh_gelu_unless_overridden(released):
+    from pangu_zoo.config import get_preset
+    from pangu_zoo.training.cli import model_config, starting_model
+
+    _, _, root = released
+    fast_config = get_preset("pangu_alpha_tiny", hidden_act="fast_gelu", **PRESET)
+    assert load_released_checkpoint(root, fast_config).config.hidden_act == "gelu"  # explicit, not the config's
+    assert load_released_checkpoint(root, "pangu_alpha_tiny", hidden_act="fast_gelu",
+                                    **PRESET).config.hidden_act == "fast_gelu"
+    args = _train_args("--load_ckpt_path", str(root), "--hidden_act", "fast_gelu")
+    assert starting_model(args, model_config(args)).config.hidden_act == "fast_gelu"
+
+
+def test_predict_hidden_act_flag_overrides_the_activation():
+    import argparse
+
+    from pangu_zoo.inference.predict import add_arguments, load_overrides
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert "hidden_act" not in load_overrides(parser.parse_args(["--load_ckpt_path", "m"]))
+    args = parser.parse_args(["--load_ckpt_path", "m", "--hidden_act", "fast_gelu"])
+    assert load_overrides(args)["hidden_act"] == "fast_gelu"
+
+
+def np_tanh_gelu(x):
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def np_fast_gelu(x):
+    """MindSpore ops.FastGeLU: x / (1 + exp(-1.702|x|)) * exp(0.851 (x - |x|))."""
+    return x / (1.0 + np.exp(-1.702 * np.abs(x))) * np.exp(0.851 * (x - np.abs(x)))
+
+
+@pytest.mark.parametrize("act,formula", [("gelu", np_tanh_gelu), ("fast_gelu", np_fast_gelu)])
+def test_feed_forward_activation_matches_its_formula(act, formula):
+    from pangu_zoo.config import get_preset
+    from pangu_zoo.models.layers import FeedForward
+    from pangu_zoo.runtime import use_graph_mode
+
+    use_graph_mode()
+    ffn = FeedForward(get_preset("pangu_alpha_tiny", hidden_act=act, hidden_size=8, num_heads=2,
+                                 ffn_hidden_size=32, dropout_rate=0.0), out_std=0.5)
+    w = {name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1]: p.asnumpy() for name, p in
+         ffn.parameters_and_names()}
+    x = np.random.default_rng(0).normal(scale=3.0, size=(2, 5, 8)).astype(np.float32)
+    expected = formula(x @ w["mapping.weight"] + w["mapping.bias"]) @ w["projection.weight"] + w["projection.bias"]
+    assert np.abs(ffn(ms.Tensor(x)).asnumpy() - expected).max() < 1e-4
+    assert abs(np_tanh_gelu(1.0) - 0.841192) < 1e-6  # MindSpore's documented gelu(1) for nn.GELU

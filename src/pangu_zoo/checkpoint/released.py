@@ -35,6 +35,9 @@ EMBEDDING_FILES = {
     "top_query_embedding.npy": mindformers.TOP_QUERY,
 }
 STRATEGY_DIR = "strategy_load_ckpt"
+# The released weights were trained by the PCL original code with MindSpore nn.GELU, which in MindSpore 1.x is
+# the tanh approximation; MSM's fast_gelu on Ascend came later (2021-09-17). See docs/architecture.md.
+RELEASED_HIDDEN_ACT = "gelu"
 SLICE_DIR = "checkpoint_file"
 
 
@@ -239,9 +242,13 @@ def _state_for(directory, expected: dict[str, tuple[int, ...]], strategy_file) -
 def load_released_checkpoint(directory: str | os.PathLike, config: ModelConfig | str,
                              strategy_file: str | os.PathLike | None = None, **overrides: Any):
     """Build the model `config` describes (a ModelConfig or a preset name, plus field overrides) and load the
-    released PanGu-alpha checkpoint in `directory` into it (standalone, one device)."""
+    released PanGu-alpha checkpoint in `directory` into it (standalone, one device).
+
+    The activation is tanh-GELU, the released weights' own, whatever `config` says: pass `hidden_act="fast_gelu"`
+    for slices trained with MSM's later Ascend code, which switched to fast_gelu."""
     from pangu_zoo.models import build_model
 
+    overrides.setdefault("hidden_act", RELEASED_HIDDEN_ACT)
     model = build_model(config, **overrides)
     expected = {name: tuple(p.shape) for name, p in model.parameters_and_names()}
     model.load_state_dict(_state_for(directory, expected, strategy_file))

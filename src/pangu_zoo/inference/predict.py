@@ -7,10 +7,11 @@ Sampling follows the reference `generate` (MSM `src/generate.py`):
 * `top_p < 1`: nucleus sampling over the 5000 most likely tokens; otherwise top-k with `top_k_num` (3);
 * generation stops when `end_token` (default: the tokenizer's `<eot>`) is drawn; it is not part of the output.
 
-Differences, all documented in docs/evaluation.md: `--load_ckpt_path` is a model directory (config.json +
-weights); `--temperature` (default 1.0, i.e. none) and `--seed` are additions; prompts come from `--prompt`
-or `--input_file`; the KV cache is exact (the reference's incremental quirks are fixed); `--param_init_type`
-defaults to fp32 because the CPU build is the common target here.
+Differences, all documented in docs/evaluation.md: `--load_ckpt_path` also takes model directories
+(config.json + weights; see `pangu_zoo.checkpoint.loader`); `--hidden_act`, `--temperature` (default 1.0,
+i.e. none) and `--seed` are additions; prompts come from `--prompt` or `--input_file`; the KV cache is exact
+(the reference's incremental quirks are fixed); `--param_init_type` defaults to fp32 because the CPU build is
+the common target here.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
+from pangu_zoo.checkpoint.loader import checkpoint_path, load_model
 from pangu_zoo.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "strategy + .npy; shaped by --mode) or a mindformers-named .ckpt file (shaped by --mode)")
     ref.add_argument("--load_ckpt_name", default=None, help="sub-directory of --load_ckpt_path, when it exists")
     ref.add_argument("--tokenizer_path", default="./tokenizer_path", help="tokenizer folder or vocabulary file")
-    ref.add_argument("--mode", default="2.6B", help="reference preset name; logged, the model folder decides")
+    ref.add_argument("--mode", default="2.6B",
+                     help="reference preset name: shapes released folders and .ckpt files (model folders carry "
+                          "their own config)")
     ref.add_argument("--use_past", type=str2bool, default=True, help="incremental decoding with the KV cache")
     ref.add_argument("--top_k_num", type=int, default=3)
     ref.add_argument("--top_p", type=float, default=1.0)
@@ -66,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     extra.add_argument("--prompt", action="append", help="a prompt (repeatable; default: a fixed sample)")
     extra.add_argument("--input_file", help="one prompt per line")
     extra.add_argument("--tokenizer", choices=["pangu-alpha", "gpt2"], help="default: from the model family")
+    extra.add_argument("--hidden_act", choices=["gelu", "fast_gelu"], default=None,
+                       help="FFN activation (default: the model folder's; tanh-GELU for released folders and .ckpt "
+                            "files); fast_gelu for checkpoints trained with MSM's Ascend code")
     extra.add_argument("--temperature", type=float, default=1.0)
     extra.add_argument("--seed", type=int, default=None, help="fixes the draws (each prompt starts from it)")
     extra.add_argument("--eval_limit", type=int, default=None, help="with --eval_task: first N questions only")
@@ -103,28 +110,16 @@ def predict_ids(model, prompt_ids: list[int], sampling, max_generate_length: int
 
 
 def _model_dir(args: argparse.Namespace) -> Path:
-    directory = Path(args.load_ckpt_path)
-    if args.load_ckpt_name and (directory / args.load_ckpt_name).is_dir():
-        directory = directory / args.load_ckpt_name
-    return directory
+    return checkpoint_path(args.load_ckpt_path, args.load_ckpt_name)
 
 
-def load_model(path: Path, mode: str, strategy_file: str | None, **overrides):
-    """A model from any layout predict.py accepts: a model directory (ours or Hugging Face GPT-2), the
-    released PanGu-alpha layout (slices + strategy + .npy embeddings, shaped by `mode`), or a single
-    mindformers-named .ckpt file (shaped by `mode`)."""
-    from pangu_zoo.checkpoint.io import load_weights
-    from pangu_zoo.checkpoint.mindformers import state_from_mindformers
-    from pangu_zoo.checkpoint.released import is_released_layout, load_released_checkpoint
-    from pangu_zoo.models import build_model, from_pretrained
-
-    if path.is_file() and path.suffix == ".ckpt":
-        model = build_model(mode, **overrides)
-        model.load_state_dict(state_from_mindformers(load_weights(path)))
-        return model
-    if path.is_dir() and not (path / "config.json").exists() and is_released_layout(path):
-        return load_released_checkpoint(path, mode, strategy_file=strategy_file, **overrides)
-    return from_pretrained(path, **overrides)
+def load_overrides(args: argparse.Namespace) -> dict:
+    """Config fields the arguments set on whatever layout is loaded."""
+    dtype = {"fp16": "float16", "fp32": "float32"}[args.param_init_type]
+    overrides = dict(dropout_rate=0.0, param_dtype=dtype, compute_dtype=dtype)
+    if args.hidden_act:
+        overrides["hidden_act"] = args.hidden_act
+    return overrides
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
@@ -161,9 +156,7 @@ def run(args: argparse.Namespace) -> int:
     from pangu_zoo.tokenizers import load_tokenizer
 
     model_dir = _model_dir(args)
-    dtype = {"fp16": "float16", "fp32": "float32"}[args.param_init_type]
-    model = load_model(model_dir, args.mode, args.strategy_load_ckpt_path or None,
-                       dropout_rate=0.0, param_dtype=dtype, compute_dtype=dtype)
+    model = load_model(model_dir, args.mode, args.strategy_load_ckpt_path or None, **load_overrides(args))
     if args.distribute:
         from pangu_zoo.parallel.inference import distribute_for_inference
 

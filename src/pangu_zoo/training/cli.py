@@ -79,7 +79,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ckpt.add_argument("--ckpt_name_prefix", default="pangu")
     ckpt.add_argument("--pre_trained", type=_bool, default=False, help="resume from the newest checkpoint")
     ckpt.add_argument("--incremental_training", type=int, choices=[0, 1], default=0)
-    ckpt.add_argument("--load_ckpt_path", help="pretrained model directory to start from (incremental training)")
+    ckpt.add_argument("--load_ckpt_path",
+                      help="checkpoint to start from (incremental training): model directory, Hugging Face GPT-2 "
+                           "folder, released PanGu-alpha folder (slices + strategy + .npy; shaped by --mode) or a "
+                           "mindformers-named .ckpt file (shaped by --mode), as predict.py takes")
+    ckpt.add_argument("--load_ckpt_name", default=None, help="sub-directory of --load_ckpt_path, when it exists")
+    ckpt.add_argument("--hidden_act", choices=["gelu", "fast_gelu"], default=None,
+                      help="FFN activation (default: the preset's or model folder's; tanh-GELU for released folders "
+                           "and .ckpt files); fast_gelu for checkpoints trained with MSM's Ascend code")
     ckpt.add_argument("--save_pretrained", help="also save the final model here as a model directory")
     ckpt.add_argument("--log_file", help="JSON-lines log (default: <save_checkpoint_path>/train_log.jsonl)")
     ckpt.add_argument("--peak_gflops", type=float, default=332.0, help="device fp32 peak for the MFU figure")
@@ -150,12 +157,30 @@ def checked_plan(args: argparse.Namespace, config, device_num: int):
     return parallel
 
 
+def starting_model(args: argparse.Namespace, config):
+    """The model training starts from: `config` randomly initialised, or the checkpoint `--load_ckpt_path` names,
+    loaded by the same function as predict.py (`config` shapes the layouts without a config of their own)."""
+    from pangu_zoo.checkpoint.loader import checkpoint_path, load_model
+    from pangu_zoo.errors import ConfigError
+    from pangu_zoo.models import build_model
+
+    activation = {"hidden_act": args.hidden_act} if args.hidden_act else {}
+    if not (args.incremental_training or args.load_ckpt_path):
+        return build_model(config, **activation)
+    if not args.load_ckpt_path:
+        raise ConfigError("--incremental_training 1 needs --load_ckpt_path (a model directory, released "
+                          "PanGu-alpha folder or .ckpt file)")
+    path = checkpoint_path(args.load_ckpt_path, args.load_ckpt_name)
+    log.info("starting from %s", path)
+    return load_model(path, config, args.strategy_load_ckpt_path or None, dropout_rate=args.dropout_rate,
+                      **activation)
+
+
 def run(args: argparse.Namespace) -> int:
     import mindspore as ms
 
     from pangu_zoo.config import ParallelConfig
     from pangu_zoo.errors import ConfigError
-    from pangu_zoo.models import build_model, from_pretrained
     from pangu_zoo.parallel.context import SHARDED_MODES, configure_parallel
     from pangu_zoo.training.trainer import TrainSettings, train
 
@@ -190,13 +215,7 @@ def run(args: argparse.Namespace) -> int:
     elif sharded:
         raise ConfigError("sharded plans need --distribute true under msrun/mpirun")
     ms.set_seed(args.seed)
-    if args.incremental_training or args.load_ckpt_path:
-        if not args.load_ckpt_path:
-            raise ConfigError("--incremental_training 1 needs --load_ckpt_path (a pretrained model directory)")
-        model = from_pretrained(args.load_ckpt_path, dropout_rate=args.dropout_rate)
-        log.info("starting from %s", args.load_ckpt_path)
-    else:
-        model = build_model(config)
+    model = starting_model(args, config)
     settings = TrainSettings(
         data_path=str(data_path), per_batch_size=args.per_batch_size, epochs=args.epoch_size,
         max_steps=args.max_steps, start_lr=args.start_lr, end_lr=args.end_lr, warmup_steps=args.warmup_step,
