@@ -62,19 +62,18 @@ class MaskedCrossEntropy(nn.Cell):
 class LanguageModelWithLoss(nn.Cell):
     """Training network: rows of S+1 tokens -> scalar loss (the reference's PanGUAlphaWithLoss).
 
-    tokens = ids[:, :-1], labels = ids[:, 1:]; the loss mask is `tokens != pad_token_id`, so the
-    prediction made at an EOD/pad input is excluded while a label that is EOD still counts. Shapes come
-    from the inputs, so the cell also runs on the micro-batches of a pipeline.
+    tokens = ids[:, :-1], labels = ids[:, 1:]. The loss mask is an input, the dataset's `loss_mask` column
+    (0 where the input token is the pad id recorded by preprocess), so the data decides alone which
+    predictions count. Shapes come from the inputs, so the cell also runs on the micro-batches of a pipeline.
     """
 
     def __init__(self, model) -> None:
         super().__init__(auto_prefix=False)
         self.model = model
         self.loss = MaskedCrossEntropy(model.config.vocab_size)
-        self.pad_token_id = model.config.pad_token_id
         self.slice_tokens = ops.StridedSlice()
         self.slice_labels = ops.StridedSlice()
-        self.not_pad = ops.NotEqual()
+        self.loss_mask_cast = ops.Cast()
         self.mask_sub = ops.Sub()
         self.mask_mul = ops.Mul()
         self.mask_cast = ops.Cast()
@@ -82,8 +81,9 @@ class LanguageModelWithLoss(nn.Cell):
         self.one = ms.Tensor(1.0, ms.float32)
         self.blocked = ms.Tensor(MASK_VALUE, ms.float32)
 
-    def construct(self, input_ids, position_ids, attention_mask):
-        """input_ids [B, S+1] int32; position_ids [B, S] int32; attention_mask [B, S, S] (1 = attend)."""
+    def construct(self, input_ids, position_ids, attention_mask, loss_mask):
+        """input_ids [B, S+1] int32; position_ids [B, S] int32; attention_mask [B, S, S] (1 = attend);
+        loss_mask [B, S] (1 = the prediction at that input counts)."""
         batch, width = input_ids.shape
         tokens = self.slice_tokens(input_ids, (0, 0), (batch, width - 1), (1, 1))
         labels = self.slice_labels(input_ids, (0, 1), (batch, width), (1, 1))
@@ -91,4 +91,4 @@ class LanguageModelWithLoss(nn.Cell):
         hidden = self.model.backbone(tokens, position_ids, self.mask_expand(bias, 1))
         # logits as tokens x vocab: no reshape after the head, whose table may be a sliced parameter
         logits = self.model.backbone.logits(hidden.reshape(-1, hidden.shape[-1]))
-        return self.loss(logits, labels, self.not_pad(tokens, self.pad_token_id))
+        return self.loss(logits, labels, self.loss_mask_cast(loss_mask, ms.float32))

@@ -84,7 +84,8 @@ def compile_rank(spec: dict) -> dict:
     batch, seq = spec["global_batch"], config.max_position_embeddings
     inputs = (ms.Tensor(shape=(batch, seq + 1), dtype=ms.int32, init=One()),
               ms.Tensor(shape=(batch, seq), dtype=ms.int32, init=One()),
-              ms.Tensor(shape=(batch, seq, seq), dtype=ms.int32, init=One()))
+              ms.Tensor(shape=(batch, seq, seq), dtype=ms.int32, init=One()),
+              ms.Tensor(shape=(batch, seq), dtype=ms.float32, init=One()))
     start = time.perf_counter()
     train_cell.set_train(True)
     train_cell.compile(*inputs)

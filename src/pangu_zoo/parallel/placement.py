@@ -52,7 +52,7 @@ TOP_QUERY_OPS = {"top_query_embedding.gather": "top_query_embedding.gather"}
 LOSS_OPS = {
     "slice_tokens": "input.slice",
     "slice_labels": "input.slice",
-    "not_pad": "input.not_equal",
+    "loss_mask_cast": "input.loss_mask_cast",
     "mask_cast": "input.mask_cast",
     "mask_sub": "input.mask_sub",
     "mask_mul": "input.mask_mul",

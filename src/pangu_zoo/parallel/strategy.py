@@ -57,7 +57,7 @@ def strategy_table(parallel: ParallelConfig) -> dict[str, Strategy]:
     vp = mp if vocab_split else 1  # how the logits' vocabulary axis is split
     return {
         "input.slice": ((dp, 1),),
-        "input.not_equal": ((dp, 1), ()),
+        "input.loss_mask_cast": ((dp, 1),),  # the dataset's loss mask [B, S]
         "input.mask_cast": ((dp, 1, 1),),
         "input.mask_sub": ((), (dp, 1, 1)),
         "input.mask_mul": ((dp, 1, 1), ()),
@@ -119,7 +119,7 @@ def op_input_shapes(model: ModelConfig, batch: int, seq: int) -> dict[str, tuple
     heads, hidden, square = (batch, n, seq, d), (batch, seq, h), (batch, seq, seq)
     return {
         "input.slice": ((batch, seq + 1),),
-        "input.not_equal": ((batch, seq), ()),
+        "input.loss_mask_cast": ((batch, seq),),
         "input.mask_cast": (square,),
         "input.mask_sub": ((), square),
         "input.mask_mul": (square, ()),

@@ -123,7 +123,7 @@ def train(model, settings: TrainSettings) -> list[dict]:
                 start = time.perf_counter()
                 loss, overflow, scale, norm = train_cell(
                     ms.Tensor(batch["input_ids"]), ms.Tensor(batch["position_ids"]),
-                    ms.Tensor(batch["attention_mask"]))
+                    ms.Tensor(batch["attention_mask"]), ms.Tensor(batch["loss_mask"]))
                 loss_value = float(loss.asnumpy())
                 elapsed = time.perf_counter() - start
                 step += 1
