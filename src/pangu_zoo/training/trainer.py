@@ -17,6 +17,7 @@ import mindspore as ms
 import numpy as np
 
 from pangu_zoo.config import ParallelConfig, count_parameters
+from pangu_zoo.data.model_fit import check_data_fits_model
 from pangu_zoo.errors import ConfigError, DataError
 from pangu_zoo.runtime import use_graph_mode
 from pangu_zoo.training.build import build_train_step
@@ -85,6 +86,9 @@ def train(model, settings: TrainSettings) -> list[dict]:
     use_graph_mode()
     if settings.per_batch_size < 1:
         raise ConfigError("--per_batch_size must be at least 1")
+    # before compiling: a mismatch would otherwise be a shape or index error from inside the graph
+    check_data_fits_model(settings.data_path, model.config.max_position_embeddings, model.config.vocab_size,
+                          settings.eod_id)
     save_dir = Path(settings.save_dir)
     if settings.rank_size > 1:  # every rank keeps its own checkpoints, as the reference's rank_{i} folders
         save_dir = save_dir / f"rank_{settings.rank}"
