@@ -182,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
     from pangu_zoo.config import ParallelConfig
     from pangu_zoo.errors import ConfigError
     from pangu_zoo.parallel.context import SHARDED_MODES, configure_parallel
+    from pangu_zoo.training.schedule import check_schedule
     from pangu_zoo.training.trainer import TrainSettings, train
 
     sharded = args.parallel_mode in SHARDED_MODES
@@ -196,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     data_path = Path(args.data_url)
     if not data_path.exists():
         raise ConfigError(f"--data_url {data_path} does not exist; create it with `pangu preprocess`")
+    check_schedule(args.start_lr, args.end_lr, args.warmup_step, args.decay_steps)
     config = model_config(args)
     if ms.get_context("device_target") != args.device_target:  # setting it again after start-up is an error
         ms.set_device(args.device_target)

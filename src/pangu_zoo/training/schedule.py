@@ -7,6 +7,19 @@ import math
 import mindspore as ms
 from mindspore import nn, ops
 
+from pangu_zoo.errors import ConfigError
+
+
+def check_schedule(start_lr: float, end_lr: float, warmup_steps: int, decay_steps: int) -> None:
+    """Raise `ConfigError` (naming the train.py option) for a schedule that divides by zero or is not a rate."""
+    if decay_steps < 1:
+        raise ConfigError(f"--decay_steps ({decay_steps}) must be at least 1: the cosine decay divides by it")
+    if warmup_steps < 0:
+        raise ConfigError(f"--warmup_step ({warmup_steps}) must be 0 (no warm-up) or more")
+    for option, value in (("--start_lr", start_lr), ("--end_lr", end_lr)):
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{option} ({value}) must be a finite learning rate of 0 or more")
+
 
 def learning_rate_at(step: int, start_lr: float, end_lr: float, warmup_steps: int, decay_steps: int) -> float:
     """lr = start * step / warmup while step < warmup, else end + (start - end)(1 + cos(pi min(step, D) / D)) / 2."""
@@ -21,6 +34,7 @@ class WarmupCosineLR(nn.learning_rate_schedule.LearningRateSchedule):
 
     def __init__(self, start_lr: float, end_lr: float, warmup_steps: int, decay_steps: int) -> None:
         super().__init__()
+        check_schedule(start_lr, end_lr, warmup_steps, decay_steps)
         self.start_lr, self.end_lr = start_lr, end_lr
         self.warmup_steps = float(max(warmup_steps, 0))
         self.decay_steps = float(decay_steps)

@@ -81,11 +81,19 @@ def _dataset(settings: TrainSettings, model, samples_seen: int, epoch: int):
                           seq_length=model.config.max_position_embeddings)
 
 
+def _check_lengths(settings: TrainSettings) -> None:
+    if settings.per_batch_size < 1:
+        raise ConfigError("--per_batch_size must be at least 1")
+    if settings.epochs < 1:
+        raise ConfigError(f"--epoch_size ({settings.epochs}) must be at least 1")
+    if settings.max_steps is not None and settings.max_steps < 1:
+        raise ConfigError(f"--max_steps ({settings.max_steps}) must be at least 1")
+
+
 def train(model, settings: TrainSettings) -> list[dict]:
     """Train `model` in place; return the log records of the steps run in this call."""
     use_graph_mode()
-    if settings.per_batch_size < 1:
-        raise ConfigError("--per_batch_size must be at least 1")
+    _check_lengths(settings)
     # before compiling: a mismatch would otherwise be a shape or index error from inside the graph
     check_data_fits_model(settings.data_path, model.config.max_position_embeddings, model.config.vocab_size,
                           settings.eod_id)
