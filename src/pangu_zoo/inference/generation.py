@@ -5,6 +5,10 @@ writes its next key/value into its own cache slot (its current length) and atten
 0..length. Every row therefore sees exactly what full recomputation would see, and the top-query
 layer of PanGu-alpha gets each row's true position. (The reference used position 0 for the top query
 and never cached the last prompt token's key/value; both are fixed here.)
+
+PanGu-alpha hides every token equal to its pad/eod id (6) from the positions after it, prompt or generated,
+and keeps the positions of the tokens around it, as the reference's predict does (its mask is ids != 6);
+GPT-2 hides nothing but the padding it is told about, as Hugging Face does. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 
 from pangu_zoo.errors import InputError
 from pangu_zoo.inference.sampling import SamplingConfig, choose_next
-from pangu_zoo.models.masks import causal_padding_mask, decode_bias, mask_to_bias, slot_onehot
+from pangu_zoo.models.masks import decode_bias, mask_to_bias, slot_onehot, visible_keys_mask
 
 PREFILL_BUCKET = 16
 CACHE_BUCKET = 64
@@ -28,33 +32,63 @@ def _round_up(value: int, multiple: int) -> int:
 
 @dataclass
 class DecodeState:
-    """Explicit decoding state: the cache (keys of every layer, then values; each [B, n, T, d]) and
-    how many positions of each row it holds."""
+    """Explicit decoding state: the cache (keys of every layer, then values; each [B, n, T, d]), how many
+    positions of each row it holds, and which of its slots [B, T] later tokens may attend to."""
 
     cache: tuple
     lengths: np.ndarray
+    visible: np.ndarray
 
     @property
     def cache_len(self) -> int:
         return int(self.cache[0].shape[2])
 
 
+def _rows(values) -> list[np.ndarray]:
+    """A list of lists (rows may differ in length), a 1-D or a 2-D array -> one array per row."""
+    if isinstance(values, (list, tuple)) and values and not np.isscalar(values[0]):
+        return [np.asarray(row) for row in values]
+    return list(np.atleast_2d(np.asarray(values)))
+
+
+def _unpadded(prompts: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+    """Each row without its masked (0) positions, wherever the padding sits."""
+    if len(masks) != len(prompts):
+        raise InputError(f"attention_mask has {len(masks)} rows, input_ids has {len(prompts)}")
+    for row, (prompt, mask) in enumerate(zip(prompts, masks, strict=True)):
+        if mask.shape != prompt.shape:
+            raise InputError(f"attention_mask row {row} has shape {mask.shape}, input_ids row {row} has "
+                             f"shape {prompt.shape}")
+        if not np.isin(mask, (0, 1)).all():
+            raise InputError(f"attention_mask row {row} holds values other than 0 and 1")
+    return [prompt[mask.astype(bool)] for prompt, mask in zip(prompts, masks, strict=True)]
+
+
 def as_prompt_list(input_ids, attention_mask=None) -> list[np.ndarray]:
-    """Accept a list of id lists, a 1-D array or a 2-D array (with an optional [B, S] padding mask)."""
-    if isinstance(input_ids, (list, tuple)) and input_ids and not np.isscalar(input_ids[0]):
-        prompts = [np.asarray(p) for p in input_ids]
-    else:
-        array = np.atleast_2d(np.asarray(input_ids))
-        if attention_mask is not None:
-            mask = np.asarray(attention_mask).astype(bool)
-            if mask.shape != array.shape:
-                raise InputError(f"attention_mask shape {mask.shape} differs from input_ids shape {array.shape}")
-            prompts = [row[m] for row, m in zip(array, mask, strict=True)]
-        else:
-            prompts = list(array)
+    """Accept a list of id lists, a 1-D array or a 2-D array, with an optional padding mask of the same shape
+    (1 = token, 0 = padding, on either side). Masked positions are dropped, so each row starts at position 0
+    (as Hugging Face generate places a left-padded row). Ids must have an integer type: a float array is
+    refused, even with whole values, rather than rounded or truncated."""
+    prompts = _rows(input_ids)
+    if attention_mask is not None:
+        prompts = _unpadded(prompts, _rows(attention_mask))
     if not prompts or any(p.ndim != 1 or p.size == 0 for p in prompts):
         raise InputError("every prompt needs at least one token")
+    for prompt in prompts:
+        if not np.issubdtype(prompt.dtype, np.integer):
+            raise InputError(f"input_ids must be integer token ids, got {prompt.dtype} values such as "
+                             f"{prompt[0]!r}; convert them with int() or .astype(int) first")
     return [p.astype(np.int64) for p in prompts]
+
+
+def hidden_token_id(config) -> int | None:
+    """The id generation hides from later positions: PanGu-alpha's pad/eod id (the reference masks ids equal
+    to it), none for GPT-2."""
+    return config.pad_token_id if config.family == "pangu_alpha" else None
+
+
+def _visible(ids: np.ndarray, hidden_id: int | None) -> np.ndarray:
+    return np.ones(ids.shape, dtype=bool) if hidden_id is None else ids != hidden_id
 
 
 class IncrementalDecoder:
@@ -63,6 +97,7 @@ class IncrementalDecoder:
     def __init__(self, model) -> None:
         self.model = model
         self.config = model.config
+        self.hidden_id = hidden_token_id(model.config)
 
     def prefill(self, prompts: list[np.ndarray], cache_len: int | None = None) -> tuple[np.ndarray, DecodeState]:
         """Run the prompts; return the logits of each row's next token [B, V] and the state, whose cache holds
@@ -76,11 +111,11 @@ class IncrementalDecoder:
         for row, prompt in enumerate(prompts):
             self.model.check_input_ids(prompt)
             ids[row, :len(prompt)] = prompt
-        padding = np.arange(bucket)[None, :] < lengths[:, None]
+        visible = (np.arange(bucket)[None, :] < lengths[:, None]) & _visible(ids, self.hidden_id)
         positions = np.broadcast_to(np.arange(bucket, dtype=np.int32), ids.shape)
         outputs = self.model.graph("prefill")(
             ms.Tensor(ids), ms.Tensor(np.ascontiguousarray(positions)),
-            ms.Tensor(mask_to_bias(causal_padding_mask(padding))),
+            ms.Tensor(mask_to_bias(visible_keys_mask(visible))),
             ms.Tensor((lengths - 1).astype(np.int32)),
         )
         logits, kv = outputs[0], outputs[1:]
@@ -88,7 +123,8 @@ class IncrementalDecoder:
             k0 = kv[0]
             pad = ms.Tensor(np.zeros((k0.shape[0], k0.shape[1], cache_len - bucket, k0.shape[3])), k0.dtype)
             kv = tuple(ms.ops.concat((t, pad), axis=2) for t in kv)
-        return logits.asnumpy(), DecodeState(tuple(kv), lengths)
+        visible = np.pad(visible, ((0, 0), (0, cache_len - bucket)))
+        return logits.asnumpy(), DecodeState(tuple(kv), lengths, visible)
 
     def step(self, tokens: np.ndarray, state: DecodeState) -> tuple[np.ndarray, DecodeState]:
         """Feed one token per row [B]; return next-token logits [B, V] and the new state."""
@@ -99,10 +135,12 @@ class IncrementalDecoder:
         self.model.check_input_ids(tokens)
         outputs = self.model.graph("decode")(
             ms.Tensor(tokens), ms.Tensor(lengths.astype(np.int32)),
-            ms.Tensor(decode_bias(lengths, state.cache_len)), ms.Tensor(slot_onehot(lengths, state.cache_len)),
-            *state.cache,
+            ms.Tensor(decode_bias(lengths, state.cache_len, state.visible)),
+            ms.Tensor(slot_onehot(lengths, state.cache_len)), *state.cache,
         )
-        return outputs[0].asnumpy(), DecodeState(tuple(outputs[1:]), lengths + 1)
+        visible = state.visible.copy()
+        visible[np.arange(len(tokens)), lengths] = _visible(tokens, self.hidden_id)
+        return outputs[0].asnumpy(), DecodeState(tuple(outputs[1:]), lengths + 1, visible)
 
 
 def _recompute_logits(model, sequences: list[list[int]]) -> np.ndarray:
@@ -118,8 +156,11 @@ def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = Fa
              use_cache: bool = True) -> list[list[int]]:
     """Continue each prompt by up to `max_new_tokens` tokens; return prompt + new ids per row.
 
+    input_ids: a list of id lists, a 1-D or a 2-D integer array; `attention_mask` (same shape, 1 = token) drops
+    padding on either side, and the prompt returned is the row without it. Float ids are refused (`InputError`).
     A row stops after it emits `eos_token_id` (kept in the output). Penalties count generated tokens
     only, as the reference does. `use_cache=False` recomputes the whole sequence at every step.
+    PanGu-alpha hides its pad/eod id from later positions (see the module docstring).
     """
     sampling = SamplingConfig(do_sample, temperature, top_k, top_p, frequency_penalty, presence_penalty)
     if max_new_tokens < 1:

@@ -19,16 +19,25 @@ def causal_padding_mask(padding_mask: np.ndarray) -> np.ndarray:
     return causal[None, :, :] & padding_mask[:, None, :]
 
 
+def visible_keys_mask(visible: np.ndarray) -> np.ndarray:
+    """visible [B, S] (1 = a key later positions may see) -> mask [B, S, S]: causal over the visible keys, and
+    every position sees itself, so the row of a hidden token is never empty."""
+    visible = np.asarray(visible, dtype=bool)
+    return causal_padding_mask(visible) | np.eye(visible.shape[1], dtype=bool)[None]
+
+
 def mask_to_bias(mask: np.ndarray) -> np.ndarray:
     """mask [B, S, T] of 0/1 -> bias [B, 1, S, T] fp32."""
     mask = np.asarray(mask)
     return np.where(mask[:, None, :, :] != 0, 0.0, MASK_VALUE).astype(np.float32)
 
 
-def decode_bias(lengths: np.ndarray, cache_len: int) -> np.ndarray:
-    """Bias for one decode step: row b may attend to cache slots 0..lengths[b] -> [B, 1, 1, T]."""
+def decode_bias(lengths: np.ndarray, cache_len: int, visible: np.ndarray | None = None) -> np.ndarray:
+    """Bias for one decode step: row b may attend to cache slots 0..lengths[b] -> [B, 1, 1, T]. With
+    `visible` [B, T] (bool), only the visible slots before lengths[b], and its own slot lengths[b]."""
     slots = np.arange(cache_len)[None, :]
-    allowed = slots <= np.asarray(lengths)[:, None]
+    lengths = np.asarray(lengths)[:, None]
+    allowed = slots <= lengths if visible is None else ((slots < lengths) & visible) | (slots == lengths)
     return np.where(allowed, 0.0, MASK_VALUE).astype(np.float32)[:, None, None, :]
 
 
