@@ -176,6 +176,24 @@ def starting_model(args: argparse.Namespace, config):
                       **activation)
 
 
+def init_communication() -> tuple[int, int]:
+    """(rank, world size) after MindSpore's `init()`; outside a launcher that raises with a C++ stack, so
+    this says how to launch instead."""
+    from mindspore.communication import get_group_size, get_rank, init
+
+    from pangu_zoo.errors import ConfigError
+
+    try:
+        init()
+    except (RuntimeError, ValueError) as error:
+        lines = str(error).strip().splitlines()
+        reason = lines[0][:200] if lines else type(error).__name__
+        raise ConfigError("--distribute true needs a launcher: start training under msrun or mpirun "
+                          "(scripts/run_distribute_train_msrun.sh or run_distribute_train_gpu.sh); "
+                          f"MindSpore could not set up communication: {reason}") from error
+    return get_rank(), get_group_size()
+
+
 def run(args: argparse.Namespace) -> int:
     import mindspore as ms
 
@@ -203,10 +221,7 @@ def run(args: argparse.Namespace) -> int:
         ms.set_device(args.device_target)
     rank, rank_size, parallel = 0, 1, ParallelConfig()
     if args.distribute:
-        from mindspore.communication import get_group_size, get_rank, init
-
-        init()
-        rank, rank_size = get_rank(), get_group_size()
+        rank, rank_size = init_communication()
         if sharded:
             parallel = checked_plan(args, config, rank_size)
             configure_parallel(parallel, rank_size, args.parallel_mode, strategy_load_file=args.strategy_load_ckpt_path,
