@@ -81,6 +81,11 @@ def _dataset(settings: TrainSettings, model, samples_seen: int, epoch: int):
                           seq_length=model.config.max_position_embeddings)
 
 
+def optimizer_step(train_cell) -> int:
+    """The optimizer's own step counter, which the schedule reads: it does not advance on skipped steps."""
+    return int(train_cell.optimizer.global_step.asnumpy().reshape(-1)[0])
+
+
 def _check_lengths(settings: TrainSettings) -> None:
     if settings.per_batch_size < 1:
         raise ConfigError("--per_batch_size must be at least 1")
@@ -132,6 +137,8 @@ def train(model, settings: TrainSettings) -> list[dict]:
             epoch = samples_seen // samples_per_epoch
             dataset = _dataset(settings, model, samples_seen - epoch * samples_per_epoch, epoch)
             for batch in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
+                lr = learning_rate_at(optimizer_step(train_cell), settings.start_lr, settings.end_lr,
+                                      settings.warmup_steps, settings.decay_steps)
                 start = time.perf_counter()
                 loss, overflow, scale, norm = train_cell(
                     ms.Tensor(batch["input_ids"]), ms.Tensor(batch["position_ids"]),
@@ -141,9 +148,7 @@ def train(model, settings: TrainSettings) -> list[dict]:
                 step += 1
                 samples_seen += global_batch
                 record = {
-                    "step": step, "epoch": epoch, "loss": loss_value,
-                    "lr": learning_rate_at(step - 1, settings.start_lr, settings.end_lr, settings.warmup_steps,
-                                           settings.decay_steps),
+                    "step": step, "epoch": epoch, "loss": loss_value, "lr": lr,
                     "loss_scale": float(scale.asnumpy()), "overflow": bool(overflow.asnumpy()),
                     "grad_norm": float(norm.asnumpy()), "tokens_per_s": tokens_per_step / elapsed,
                     "mfu": step_flops / elapsed / (settings.peak_gflops * 1e9),
