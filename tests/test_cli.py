@@ -20,6 +20,9 @@ def test_presets_lists_counts(capsys):
 
 def test_demo_preprocesses_trains_and_generates(tmp_path, capsys):
     tokenizer_dir = shared_data("pangu_tokenizer")
+    own_file = tmp_path / "data" / "notes.txt"  # the user's file in the demo's data folder
+    own_file.parent.mkdir()
+    own_file.write_text("mine")
     code = main(["demo", "--tokenizer_dir", str(tokenizer_dir), "--output_dir", str(tmp_path), "--steps", "40",
                  "--max_new_tokens", "12"])
     out = capsys.readouterr().out
@@ -28,6 +31,7 @@ def test_demo_preprocesses_trains_and_generates(tmp_path, capsys):
     losses = [json.loads(line)["loss"] for line in (tmp_path / "checkpoints" / "train_log.jsonl").open()]
     assert len(losses) == 40 and losses[-1] < losses[0] - 3.0
     assert "output: 春天来了，" in out
+    assert own_file.read_text() == "mine"
 
 
 def test_demo_without_tokenizer_says_how_to_fetch(tmp_path, capsys):

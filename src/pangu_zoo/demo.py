@@ -13,6 +13,8 @@ from pathlib import Path
 
 DEFAULT_TOKENIZER_DIR = Path.home() / ".cache" / "pangu" / "tokenizers" / "pangu-alpha"
 DEFAULT_PROMPT = "春天来了，"
+DATA_NAME = "demo"  # preprocess writes data/demo, data/demo.db and data/demo.json
+CHECKPOINT_PREFIX = "demo"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +28,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def previous_outputs(out: Path) -> list[Path]:
+    """The files an earlier demo run wrote under `out` that would get in this run's way, named one by one:
+    the folders may also hold the user's own files, which are left alone."""
+    from pangu_zoo.training.checkpoint import checkpoint_files
+
+    data = [out / "data" / f"{DATA_NAME}{suffix}" for suffix in ("", ".db", ".json")]
+    checkpoints = out / "checkpoints"
+    saved = checkpoint_files(checkpoints, CHECKPOINT_PREFIX) if checkpoints.is_dir() else []
+    return [*data, *saved, checkpoints / "train_log.jsonl"]
+
+
+def remove_previous_outputs(out: Path) -> None:
+    for path in previous_outputs(out):
+        path.unlink(missing_ok=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,25 +61,23 @@ def run(args: argparse.Namespace) -> int:
         from pangu_zoo.demo_corpus import write_corpus
 
         corpus_glob = str(write_corpus(out / "corpus" / "demo_corpus.txt"))
-    data_dir = out / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for old in data_dir.iterdir():  # a rerun replaces the previous run's data
-        old.unlink()
+    data_file = out / "data" / DATA_NAME
+    remove_previous_outputs(out)  # a rerun replaces the previous run's data, checkpoints and log
     print(f"1/3 preprocess {corpus_glob}")
     if pangu(["preprocess", "--input_glob", corpus_glob, "--tokenizer", "jieba", "--model_file",
-              str(tokenizer_dir / "vocab.model"), "--output_file", str(data_dir / "demo"),
+              str(tokenizer_dir / "vocab.model"), "--output_file", str(data_file),
               "--seq_length", str(args.seq_length + 1), "--no_progress"]) != 0:
         raise DataError("preprocessing the demo corpus failed (see the message above)")
 
     print(f"2/3 train pangu_alpha_tiny for {args.steps} steps")
     checkpoints, model_dir = out / "checkpoints", out / "model"
-    for old in checkpoints.glob("*") if checkpoints.exists() else []:
-        old.unlink()
-    if pangu(["train", "--mode", "pangu_alpha_tiny", "--data_url", str(data_dir), "--per_batch_size",
+    # the data file, not its folder: training reads every file of a folder as data
+    if pangu(["train", "--mode", "pangu_alpha_tiny", "--data_url", str(data_file), "--per_batch_size",
               str(args.batch_size), "--seq_length", str(args.seq_length), "--max_steps", str(args.steps),
               "--epoch_size", "1000", "--start_lr", "3e-3", "--end_lr", "1e-4", "--warmup_step", "10",
               "--decay_steps", str(args.steps), "--dropout_rate", "0.0", "--save_checkpoint_path",
-              str(checkpoints), "--save_checkpoint_steps", str(args.steps), "--seed", str(args.seed),
+              str(checkpoints), "--ckpt_name_prefix", CHECKPOINT_PREFIX, "--save_checkpoint_steps", str(args.steps),
+              "--seed", str(args.seed),
               "--save_pretrained", str(model_dir)]) != 0:
         return 2
     pangu(["plot-log", str(checkpoints / "train_log.jsonl"), "--out", str(out / "loss.png"),
