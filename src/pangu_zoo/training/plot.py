@@ -14,20 +14,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_log(path: Path) -> list[dict]:
+    """The step records of a training log: lines that are not JSON objects with a numeric step and loss are
+    skipped (a log may hold other records, or a line cut short by an interrupted run)."""
     from pangu_zoo.errors import DataError
 
     if not path.is_file():
         raise DataError(f"training log {path} does not exist")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number} is not a JSON line: {error}") from error
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [record for record in map(_parse, lines) if _is_step_record(record)]
     if not records:
-        raise DataError(f"training log {path} is empty")
+        raise DataError(f"training log {path} has no step with a loss ({len(lines)} lines); "
+                        f"pass the train_log.jsonl written by training")
     return records
+
+
+def _parse(line: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
+def _is_step_record(record) -> bool:
+    return isinstance(record, dict) and all(
+        isinstance(record.get(key), int | float) and not isinstance(record.get(key), bool) for key in ("step", "loss"))
 
 
 def run(args: argparse.Namespace) -> int:
