@@ -32,14 +32,14 @@ def configs(tmp_path_factory):
     return paths
 
 
-def dryrun(config_path, tmp_path, devices, dp, mp, stages=1, micro=1, opt_shard=0, word_emb_dp=1, per_batch=None,
+def dryrun(config_path, tmp_path, devices, dp, mp, stages=1, micro=1, opt_shard=0, word_emb_dp=1, per_batch=2,
            extra=()):
     assert dp * mp * stages == devices
     report = tmp_path / f"dryrun_{devices}_{dp}_{mp}_{stages}_{opt_shard}_{word_emb_dp}.json"
     command = [sys.executable, "-m", "pangu_zoo.cli", "dryrun", "--config", str(config_path), "--seq_length", str(SEQ),
                "--device_num", str(devices), "--op_level_model_parallel_num", str(mp), "--stage_num", str(stages),
                "--micro_size", str(micro), "--optimizer_shard", str(opt_shard), "--word_emb_dp", str(word_emb_dp),
-               "--optimizer_shard_threshold", "0", "--per_batch_size", str(per_batch or 2 * micro),
+               "--optimizer_shard_threshold", "0", "--per_batch_size", str(per_batch),
                "--dropout_rate", "0", "--json", str(report), "--brief", *extra]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     data = json.loads(report.read_text()) if report.exists() else None
@@ -118,6 +118,10 @@ def test_pipeline_two_stages(configs, tmp_path, family):
                           extra=["--jobs", "2"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert [r["rank"] for r in data["ranks"]] == [0, 4]  # the first rank of each stage
+    # reference batch semantics: each micro-batch has per_batch_size x dp rows
+    assert "global batch 8 = 2 per replica x 2 data-parallel x 2 micro-batches" in result.stdout
+    # the gradient norm is summed over every rank by an all-reduce in each rank's compiled graph
+    assert all(rank["global_norm_allreduce"] for rank in data["ranks"])
     for rank in data["ranks"]:
         check_holdings(rank, family, parallel)
         check_optimizer_sharding(rank, enabled=True)
@@ -147,22 +151,6 @@ def test_gpt2_sixteen_devices_dp4_mp4(configs, tmp_path):
     check_optimizer_sharding(data["ranks"][0], enabled=True)
 
 
-@pytest.mark.parametrize("devices,dp,mp,stages,message", [
-    (16, 1, 16, 1, "num_heads (8) must be a multiple of model_parallel (16)"),
-    (8, None, 3, 1, "not a multiple of op_level_model_parallel_num (3)"),
-    (12, 3, 2, 2, "power of 2"),
-    (8, 1, 1, 8, "more than the model's layers"),
-])
-def test_invalid_plans_are_refused_before_compiling(configs, tmp_path, devices, dp, mp, stages, message):
-    command = [sys.executable, "-m", "pangu_zoo.cli", "dryrun", "--config", str(configs["pangu_alpha"]), "--seq_length",
-               str(SEQ), "--device_num", str(devices), "--op_level_model_parallel_num", str(mp), "--stage_num",
-               str(stages), "--per_batch_size", "2", "--json", str(tmp_path / "r.json")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "r.json").exists()
-
-
 def test_launcher_refuses_a_bad_plan(tmp_path):
     from conftest import REPO_ROOT
 
@@ -173,14 +161,15 @@ def test_launcher_refuses_a_bad_plan(tmp_path):
     assert "not a multiple of op_level_model_parallel_num (3)" in result.stdout
 
 
-def test_compiler_rejection_is_one_readable_line(configs, tmp_path):
-    # micro-batches of one row cannot be split over dp = 2: the parallel compiler refuses the strategy
-    result, data = dryrun(configs["pangu_alpha"], tmp_path, 8, dp=2, mp=2, stages=2, micro=2, per_batch=1,
-                          extra=["--rank", "0"])
-    assert result.returncode == 1
-    (rank,) = data["ranks"]
-    assert "divisible" in rank["error"] and "\n" not in rank["error"]
-    assert "FAILED" in result.stdout and "Traceback" not in result.stdout + result.stderr
+def test_compiler_rejection_is_one_readable_line():
+    # the plan checks refuse every plan known to fail; should the compiler still refuse one, its own line is shown
+    from pangu_zoo.parallel.dryrun_worker import readable_error
+
+    message = ("Traceback (most recent call last):\n  File x\nRuntimeError: For 'BatchMatMul': BatchMatMulInfo44: "
+               "Input index 0, the strategy is ((2, 3, 1, 1), (2, 3, 1, 1)), shape is [16, 8, 16, 8], shape value 8 "
+               "at dim index 1 cannot be divisible by strategy value 3\n\n- C++ Call Stack:\n  frame 1")
+    line = readable_error(RuntimeError(message))
+    assert "cannot be divisible by strategy value 3" in line and "\n" not in line and "C++" not in line
 
 
 def test_few_micro_batches_warn(configs, tmp_path):

@@ -76,6 +76,16 @@ class ParallelConfig:
     def device_num(self) -> int:
         return self.data_parallel * self.model_parallel * self.pipeline_stage
 
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches per step: `micro_batch_num` when pipelining; one batch otherwise (as the reference)."""
+        return self.micro_batch_num if self.pipeline_stage > 1 else 1
+
+    def global_batch(self, per_batch_size: int) -> int:
+        """Rows of one step, as the reference (§6.2): per_batch_size x data_parallel per micro-batch, times the
+        micro-batches of a pipeline."""
+        return per_batch_size * self.data_parallel * self.micro_batches
+
 
 @dataclass
 class ModelConfig:

@@ -139,6 +139,7 @@ def parameter_lines(report: dict) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from pangu_zoo.errors import ConfigError
     from pangu_zoo.parallel.simenv import ensure_simulation_env
+    from pangu_zoo.parallel.strategy import batch_description
     from pangu_zoo.training.cli import checked_plan, model_config
 
     config = model_config(args)
@@ -147,13 +148,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--device_num must be at least 2 for a dry run of a parallel plan")
     if args.run_type == "predict":
         return run_predict(args, config)
-    parallel = checked_plan(args, config, device_num)
-    if args.per_batch_size < 1:
-        raise ConfigError("--per_batch_size must be at least 1")
-    global_batch = args.per_batch_size * parallel.data_parallel
-    if global_batch % parallel.micro_batch_num:
-        raise ConfigError(f"the global batch ({global_batch} = per_batch_size x data_parallel) is not divisible "
-                          f"by --micro_size ({parallel.micro_batch_num})")
+    parallel = checked_plan(args, config, device_num, args.per_batch_size)
+    global_batch = parallel.global_batch(args.per_batch_size)
     ranks = chosen_ranks(args.rank, device_num, parallel.pipeline_stage)
     root = ensure_simulation_env(args.cache_dir)
     spec = {"model": config.to_dict(), "parallel": asdict(parallel), "device_num": device_num,
@@ -163,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
           f"seq={config.max_position_embeddings}"
           f" on {device_num} devices = dp {parallel.data_parallel} x mp {parallel.model_parallel} x stages "
           f"{parallel.pipeline_stage} (micro {parallel.micro_batch_num}, optimizer shard "
-          f"{int(parallel.optimizer_shard)}, word_emb_dp {int(parallel.vocab_emb_dp)}), global batch {global_batch}; "
+          f"{int(parallel.optimizer_shard)}, word_emb_dp {int(parallel.vocab_emb_dp)}), "
+          f"{batch_description(parallel, args.per_batch_size)}; "
           f"compiling rank(s) {', '.join(map(str, ranks))}", flush=True)
     return compile_ranks(args, spec, ranks, root, describe)
 

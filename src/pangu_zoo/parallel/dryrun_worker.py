@@ -55,6 +55,8 @@ def _bytes(shape, dtype: str) -> int:
 
 
 def compile_rank(spec: dict) -> dict:
+    # the global-norm all-reduce is looked up in the compiled graph's validate IR (set before MindSpore loads)
+    os.environ["MS_DEV_DUMP_IR_PASSES"] = "validate"
     import mindspore as ms
     from mindspore.common.initializer import One
     from mindspore.communication import get_rank, init
@@ -88,8 +90,14 @@ def compile_rank(spec: dict) -> dict:
               ms.Tensor(shape=(batch, seq), dtype=ms.float32, init=One()))
     start = time.perf_counter()
     train_cell.set_train(True)
+    ir_dir = Path.cwd() / "ir" / "train"
+    ms.set_context(save_graphs=1, save_graphs_path=str(ir_dir))
     train_cell.compile(*inputs)
     compile_s = time.perf_counter() - start
+    ms.set_context(save_graphs=0)
+    norm_groups = global_norm_groups(ir_dir)
+    if not norm_groups:
+        raise RuntimeError("the compiled training step has no all-reduce of the gradient norm")
 
     rank = get_rank()
     stage = rank_stage(rank, device_num, parallel.pipeline_stage)
@@ -108,6 +116,7 @@ def compile_rank(spec: dict) -> dict:
                            "optimizer_sharded": moment_shape != slice_shape,
                            "dev_matrix": list(entry[0]), "tensor_map": list(entry[1])})
         param_bytes += _bytes(slice_shape, dtypes[name])
+        check_norm_count(name, full, moment_shape, dtypes[name], parallel, spec)
         optimizer_bytes += 2 * _bytes(moment_shape, "Float32")  # Adam's two fp32 moments
     stages = layer_stages(config, parallel)
     holds = sorted({_part(p["name"]) for p in parameters}, key=_part_order)
@@ -115,7 +124,29 @@ def compile_rank(spec: dict) -> dict:
         holds.append("head")
     return {"rank": rank, "stage": stage, "device_num": device_num, "compile_s": round(compile_s, 2),
             "holds": holds, "parameter_bytes": param_bytes, "optimizer_bytes": optimizer_bytes,
-            "parameters": parameters}
+            "global_norm_allreduce": norm_groups, "parameters": parameters}
+
+
+def global_norm_groups(ir_dir: Path) -> list[str]:
+    """The communication groups of the gradient-norm all-reduces in the compiled graph's validate IR dump."""
+    dumps = sorted(ir_dir.rglob("*validate*.ir"), key=lambda path: path.stat().st_mtime)
+    if not dumps:
+        raise RuntimeError("no IR dump of the training step was written")
+    lines = [line for line in dumps[-1].read_text().splitlines() if "AllReduce" in line and "global_norm" in line]
+    return [m.group(1) for line in lines for m in [re.search(r'group: "([^"]+)"', line)] if m]
+
+
+def check_norm_count(name: str, full_shape, gradient_shape, dtype: str, parallel, spec: dict) -> None:
+    """Raise unless the global norm's counting rule agrees with the compiled layout of this parameter."""
+    from pangu_zoo.parallel.grad_norm import compiled_copies, gradient_copies, stage_shared
+
+    threshold = spec.get("optimizer_shard_threshold_kb")
+    expected = gradient_copies(name, tuple(full_shape), ITEM_BYTES.get(dtype, 4), parallel, threshold,
+                               stage_shared(name, parallel))
+    compiled = compiled_copies(full_shape, gradient_shape, parallel)
+    if expected != compiled:
+        raise RuntimeError(f"global-norm counting: {name} is counted as held by {expected} rank(s) of a stage, but the "
+                           f"compiled layout gives {compiled} (gradient slice {list(gradient_shape)})")
 
 
 def _part_order(part: str):

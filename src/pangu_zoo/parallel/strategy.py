@@ -18,9 +18,13 @@ def head_vocab_parallel(parallel: ParallelConfig) -> bool:
     return not parallel.vocab_emb_dp or parallel.pipeline_stage > 1
 
 
-def check_plan(model: ModelConfig, parallel: ParallelConfig, device_num: int) -> list[str]:
-    """Raise `ConfigError` for a plan the reference rejects; return warnings for plans that run badly."""
+def check_plan(model: ModelConfig, parallel: ParallelConfig, device_num: int,
+               per_batch_size: int | None = None) -> list[str]:
+    """Raise `ConfigError` for a plan the reference or MindSpore's parallel compiler rejects, with one readable
+    line, before anything is compiled; return warnings for plans that run badly."""
     dp, mp, stages = parallel.data_parallel, parallel.model_parallel, parallel.pipeline_stage
+    if per_batch_size is not None:
+        check_batch(model, parallel, per_batch_size)
     if dp * mp * stages != device_num:
         raise ConfigError(f"data_parallel ({dp}) x model_parallel ({mp}) x pipeline_stage ({stages}) = "
                           f"{dp * mp * stages}, but device_num is {device_num}; they must be equal.")
@@ -30,6 +34,9 @@ def check_plan(model: ModelConfig, parallel: ParallelConfig, device_num: int) ->
                         ("ffn_hidden_size", model.ffn_hidden_size)):
         if value % mp:
             raise ConfigError(f"{name} ({value}) must be a multiple of model_parallel ({mp}).")
+    if (device_num // stages) % (dp * mp):
+        raise ConfigError(f"each pipeline stage has {device_num // stages} devices, which data_parallel ({dp}) x "
+                          f"model_parallel ({mp}) must divide.")
     if head_vocab_parallel(parallel) and model.vocab_size % mp:
         raise ConfigError(f"vocab_size ({model.vocab_size}) must be a multiple of model_parallel ({mp}) when the "
                           "word table is split (vocab_emb_dp off, or pipeline stages > 1).")
@@ -43,10 +50,30 @@ def check_plan(model: ModelConfig, parallel: ParallelConfig, device_num: int) ->
         raise ConfigError(f"pipeline_stage ({stages}) > 1 needs micro_batch_num (--micro_size) of at least 2: "
                           "MindSpore splits each batch into micro-batches for the pipeline.")
     warnings = []
+    if stages == 1 and parallel.micro_batch_num > 1:
+        warnings.append(f"--micro_size ({parallel.micro_batch_num}) is ignored without pipeline stages, as in the "
+                        "reference: a step takes one batch.")
     if stages > 1 and parallel.micro_batch_num < stages:
         warnings.append(f"micro_batch_num ({parallel.micro_batch_num}) < pipeline_stage ({stages}): the pipeline "
                         "bubble leaves most devices idle; use at least as many micro batches as stages.")
     return warnings
+
+
+def check_batch(model: ModelConfig, parallel: ParallelConfig, per_batch_size: int) -> None:
+    """The batch of a plan: per_batch_size rows per data-parallel replica in every micro-batch (§6.2)."""
+    if not isinstance(per_batch_size, int) or per_batch_size < 1:
+        raise ConfigError(f"--per_batch_size ({per_batch_size}) must be a positive integer: the rows each "
+                          "data-parallel replica takes per micro-batch.")
+    if model.max_position_embeddings < 2:
+        raise ConfigError(f"--seq_length ({model.max_position_embeddings}) must be at least 2.")
+
+
+def batch_description(parallel: ParallelConfig, per_batch_size: int) -> str:
+    """'global batch N = per_batch_size x data_parallel [x micro-batches]' for logs and reports."""
+    terms = [f"{per_batch_size} per replica", f"{parallel.data_parallel} data-parallel"]
+    if parallel.micro_batches > 1:
+        terms.append(f"{parallel.micro_batches} micro-batches")
+    return f"global batch {parallel.global_batch(per_batch_size)} = " + " x ".join(terms)
 
 
 def strategy_table(parallel: ParallelConfig) -> dict[str, Strategy]:

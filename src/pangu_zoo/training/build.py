@@ -12,9 +12,12 @@ from mindspore import lazy_inline, nn
 from pangu_zoo.config import ParallelConfig
 from pangu_zoo.models.loss import LanguageModelWithLoss
 from pangu_zoo.parallel.context import SHARDED_MODES
+from pangu_zoo.parallel.grad_norm import norm_weights
 from pangu_zoo.parallel.placement import place_training_network
 from pangu_zoo.training.optimizer import build_optimizer
 from pangu_zoo.training.step import TrainOneStep, dynamic_loss_scale
+
+ITEM_BYTES = {ms.float32: 4, ms.float16: 2, ms.bfloat16: 2}
 
 
 class PipelinedLanguageModelWithLoss(LanguageModelWithLoss):
@@ -38,4 +41,15 @@ def build_train_step(model, parallel: ParallelConfig, optimizer: str, learning_r
     if pipelined:
         network = nn.PipelineCell(network, micro_batches)
     opt = build_optimizer(model.trainable_params(), optimizer, learning_rate)
-    return TrainOneStep(network, opt, dynamic_loss_scale(), clip_norm=clip_norm, micro_batches=micro_batches)
+    weights = sharded_norm_weights(opt.parameters, parallel) if mode in SHARDED_MODES else None
+    return TrainOneStep(network, opt, dynamic_loss_scale(), clip_norm=clip_norm, micro_batches=micro_batches,
+                        norm_weights=weights)
+
+
+def sharded_norm_weights(parameters, parallel: ParallelConfig) -> tuple[float, ...]:
+    """The per-gradient factors of the global norm for the plan in the current auto-parallel context."""
+    from mindspore.parallel._auto_parallel_context import auto_parallel_context
+
+    threshold = auto_parallel_context().get_parallel_optimizer_threshold()  # -1: MindSpore's default
+    described = [(p.name, tuple(p.shape), ITEM_BYTES[p.dtype]) for p in parameters]
+    return norm_weights(described, parallel, None if threshold < 0 else threshold)

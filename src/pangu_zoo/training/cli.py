@@ -147,14 +147,32 @@ def parallel_config(args: argparse.Namespace, device_num: int):
                           gradient_aggregation_group=args.gradient_aggregation_group)
 
 
-def checked_plan(args: argparse.Namespace, config, device_num: int):
-    """parallel_config + the reference's plan checks (clear errors; warnings are logged)."""
+def checked_plan(args: argparse.Namespace, config, device_num: int, per_batch_size: int | None = None):
+    """parallel_config + the plan checks (clear errors; warnings are logged)."""
     from pangu_zoo.parallel.strategy import check_plan
 
     parallel = parallel_config(args, device_num)
-    for warning in check_plan(config, parallel, device_num):
+    for warning in check_plan(config, parallel, device_num, per_batch_size):
         log.warning(warning)
     return parallel
+
+
+def init_communication() -> tuple[int, int]:
+    """(rank, world size) after MindSpore's `init()`; outside a launcher that raises with a C++ stack, so
+    this says how to launch instead."""
+    from mindspore.communication import get_group_size, get_rank, init
+
+    from pangu_zoo.errors import ConfigError
+
+    try:
+        init()
+    except (RuntimeError, ValueError) as error:
+        lines = str(error).strip().splitlines()
+        reason = lines[0][:200] if lines else type(error).__name__
+        raise ConfigError("--distribute true needs a launcher: start training under msrun or mpirun "
+                          "(scripts/run_distribute_train_msrun.sh or run_distribute_train_gpu.sh); "
+                          f"MindSpore could not set up communication: {reason}") from error
+    return get_rank(), get_group_size()
 
 
 def starting_model(args: argparse.Namespace, config):
@@ -174,24 +192,6 @@ def starting_model(args: argparse.Namespace, config):
     log.info("starting from %s", path)
     return load_model(path, config, args.strategy_load_ckpt_path or None, dropout_rate=args.dropout_rate,
                       **activation)
-
-
-def init_communication() -> tuple[int, int]:
-    """(rank, world size) after MindSpore's `init()`; outside a launcher that raises with a C++ stack, so
-    this says how to launch instead."""
-    from mindspore.communication import get_group_size, get_rank, init
-
-    from pangu_zoo.errors import ConfigError
-
-    try:
-        init()
-    except (RuntimeError, ValueError) as error:
-        lines = str(error).strip().splitlines()
-        reason = lines[0][:200] if lines else type(error).__name__
-        raise ConfigError("--distribute true needs a launcher: start training under msrun or mpirun "
-                          "(scripts/run_distribute_train_msrun.sh or run_distribute_train_gpu.sh); "
-                          f"MindSpore could not set up communication: {reason}") from error
-    return get_rank(), get_group_size()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     if args.distribute:
         rank, rank_size = init_communication()
         if sharded:
-            parallel = checked_plan(args, config, rank_size)
+            parallel = checked_plan(args, config, rank_size, args.per_batch_size)
             configure_parallel(parallel, rank_size, args.parallel_mode, strategy_load_file=args.strategy_load_ckpt_path,
                                strategy_save_file=str(Path(args.save_checkpoint_path) / "strategy.ckpt"),
                                optimizer_shard_threshold_kb=args.optimizer_shard_threshold)

@@ -33,9 +33,9 @@ def _scale(factor, grad):
     return grad * ops.cast(factor, grad.dtype)
 
 
-@_square_sum.register("Tensor")
-def _squares(grad):
-    return ops.reduce_sum(ops.square(ops.cast(grad, ms.float32)))
+@_square_sum.register("Number", "Tensor")
+def _squares(weight, grad):
+    return ops.reduce_sum(ops.square(ops.cast(grad, ms.float32))) * weight
 
 
 @_clear_grad.register("Tensor", "Tensor")
@@ -50,6 +50,10 @@ class TrainOneStep(nn.Cell):
     and applied only when none overflowed; the loss scale halves on overflow and doubles after
     `LOSS_SCALE_WINDOW` good steps. Under data parallelism the gradients are averaged across ranks first.
 
+    Under a sharded plan each rank holds gradient slices: `norm_weights` (from `pangu_zoo.parallel.grad_norm`)
+    scales each square sum by 1 / (ranks of the stage holding the same slice) and one all-reduce over every rank
+    sums them, so all ranks clip by the same global norm and agree on skipping an overflowing step.
+
     With `micro_batches` > 1 the network is a `nn.PipelineCell` whose loss is the sum over micro-batches:
     each micro-batch gets 1/micro_batches of the loss scale, the compiler accumulates gradients into
     `accu_grads.*` (read here unless the optimizer is sharded, which takes the reduced slices), and the
@@ -57,7 +61,7 @@ class TrainOneStep(nn.Cell):
     """
 
     def __init__(self, network, optimizer, scale_update_cell, clip_norm: float = 1.0,
-                 micro_batches: int = 1) -> None:
+                 micro_batches: int = 1, norm_weights: tuple[float, ...] | None = None) -> None:
         super().__init__(auto_prefix=False)
         self.network = network
         self.network.set_grad()
@@ -77,6 +81,11 @@ class TrainOneStep(nn.Cell):
             self.accu_grads = self.weights.clone(prefix="accu_grads", init="zeros")
             self.opt_shard = bool(ms.get_auto_parallel_context("enable_parallel_optimizer"))
         self.hyper_map = ops.HyperMap()
+        self.norm_weights = norm_weights if norm_weights is not None else (1.0,) * len(self.weights)
+        self.norm_allreduce = None
+        if norm_weights is not None:
+            self.norm_allreduce = ops.AllReduce()
+            self.norm_allreduce.add_prim_attr("global_norm", True)  # findable in the compiled graph's IR
 
     def construct(self, *inputs):
         loss = self.network(*inputs)
@@ -88,7 +97,10 @@ class TrainOneStep(nn.Cell):
         if self.accumulate and not self.opt_shard:
             grads = ops.depend(self.accu_grads, grads)
         grads = self.hyper_map(ops.partial(_scale_grad, 1.0 / scale), grads)
-        global_norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
+        square_sum = ops.addn(self.hyper_map(_square_sum, self.norm_weights, grads))
+        if self.norm_allreduce is not None:
+            square_sum = self.norm_allreduce(square_sum)
+        global_norm = ops.sqrt(square_sum)
         overflow = ops.logical_not(ops.isfinite(global_norm))
         overflow = self.scale_update(self.scale_sense, overflow)
         factor = self.clip_norm / ops.maximum(global_norm, self.clip_norm)

@@ -19,6 +19,7 @@ import numpy as np
 from pangu_zoo.config import ParallelConfig, count_parameters
 from pangu_zoo.data.model_fit import check_data_fits_model
 from pangu_zoo.errors import ConfigError, DataError
+from pangu_zoo.parallel.strategy import batch_description
 from pangu_zoo.runtime import use_graph_mode
 from pangu_zoo.training.build import build_train_step
 from pangu_zoo.training.checkpoint import checkpoint_files, load_training_checkpoint, save_training_checkpoint
@@ -59,11 +60,19 @@ class TrainSettings:
     @property
     def read_batch(self) -> int:
         """Rows this rank reads per step."""
-        return self.per_batch_size * self.parallel.data_parallel if self.full_batch else self.per_batch_size
+        return self.parallel.global_batch(self.per_batch_size) if self.full_batch else self.per_batch_size
 
     @property
     def global_batch(self) -> int:
         return self.read_batch if self.full_batch else self.per_batch_size * self.rank_size
+
+
+def batch_text(settings: TrainSettings) -> str:
+    """How the global batch of a step is made up, for the start-up line."""
+    if settings.full_batch:
+        return batch_description(settings.parallel, settings.per_batch_size)
+    return (f"global batch {settings.global_batch} = {settings.per_batch_size} per rank x {settings.rank_size} "
+            "rank(s)")
 
 
 def flops_per_token(config, seq_length: int) -> float:
@@ -125,6 +134,8 @@ def train(model, settings: TrainSettings) -> list[dict]:
     global_batch = settings.global_batch
     samples_per_epoch = steps_per_epoch * global_batch
     total_steps = settings.max_steps or settings.epochs * steps_per_epoch
+    if settings.rank == 0:
+        print(f"training {total_steps} steps, {batch_text(settings)}", flush=True)
     seq_length = model.config.max_position_embeddings
     tokens_per_step = settings.per_batch_size * seq_length
     step_flops = flops_per_token(model.config, seq_length) * tokens_per_step
