@@ -188,12 +188,9 @@ def test_subprocess_exit_status(corpus, tmp_path):
 
 
 def test_pangu_cli_dispatch(corpus, tmp_path):
-    try:
-        from pangu_zoo import cli
+    from pangu_zoo import cli  # an import error of the project fails the test
 
-        cli.build_parser()
-    except ImportError as error:
-        pytest.skip(f"pangu_zoo.cli cannot build its parser in this checkout: {error}")
+    cli.build_parser()
     code = cli.main(["preprocess", "--input_glob", str(tmp_path / "none*.txt"), "--vocab_dir",
                      str(shared_file("gpt2_bpe")), "--output_file", str(tmp_path / "out" / "data")])
     assert code == 2
