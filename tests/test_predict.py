@@ -128,3 +128,56 @@ def test_standalone_eval_launcher_usage(tmp_path):
     result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "run_standalone_eval.sh"), "a", "b"],
                             cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 1 and "TASK_NAME EVAL_DATA_URL" in result.stderr
+
+
+def test_several_end_tokens_stop_at_the_first_drawn(tiny_pangu):
+    sampling = reference_sampling(top_k_num=1, frequency_penalty=0.0, presence_penalty=0.0)
+    greedy = predict_ids(tiny_pangu, PROMPT, sampling, 6, end_token=None)
+    unused = next(t for t in range(tiny_pangu.config.vocab_size) if t not in greedy)
+    stop = greedy[3]
+    assert predict_ids(tiny_pangu, PROMPT, sampling, 6, end_token=(unused, stop)) == greedy[:greedy.index(stop)]
+
+
+def test_special_pieces_are_left_out_of_the_text():
+    from pangu_zoo.inference.predict import default_end_tokens, output_text
+    from pangu_zoo.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer("pangu-alpha", shared_data("pangu_tokenizer"))
+    ids = tokenizer.encode("你好") + [tokenizer.pad_id] + tokenizer.encode("世界") + [tokenizer.eot_id]
+    assert "<pad>" in tokenizer.decode(ids)
+    assert output_text(tokenizer, ids) == "你好世界"
+    assert default_end_tokens(tokenizer) == (9, 6)  # <eot>, then the document separator <pad>
+
+
+@pytest.fixture(scope="module")
+def separator_model_dir(tmp_path_factory):
+    """A PanGu-alpha whose greedy next token is always the document separator 6 (`<pad>`), as the demo model
+    often draws it: the top layer's FFN bias points the last hidden state along word-table row 6."""
+    import mindspore as ms
+
+    from pangu_zoo.models import build_model
+
+    ms.set_seed(6)
+    model = build_model("pangu_alpha_tiny", vocab_size=40000, num_layers=2, dropout_rate=0.0,
+                        max_position_embeddings=64)
+    weights = model.state_dict()
+    row = weights["backbone.word_embedding.embedding_table"][6]
+    weights["backbone.top_query_layer.output.projection.bias"] = (1000.0 * row / np.linalg.norm(row)).astype(np.float32)
+    model.load_state_dict(weights)
+    directory = tmp_path_factory.mktemp("separator_model")
+    model.save_pretrained(directory)
+    return directory
+
+
+def test_predict_stops_at_the_document_separator_and_prints_no_special_pieces(separator_model_dir, capsys):
+    argv = ["--load_ckpt_path", str(separator_model_dir), "--tokenizer_path", str(shared_data("pangu_tokenizer")),
+            "--prompt", "中国的首都是", "--max_generate_length", "5", "--top_k_num", "1",
+            "--frequency_penalty", "0", "--presence_penalty", "0"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == "中国的首都是\n"  # stopped at once: the separator is the first draw
+    assert main(argv + ["--end_token", "9"]) == 0  # the reference's stop rule: runs on through the separators
+    assert capsys.readouterr().out == "中国的首都是\n"  # ... which are not printed
+    from pangu_zoo.models import from_pretrained
+
+    sampling = reference_sampling(top_k_num=1, frequency_penalty=0.0, presence_penalty=0.0)
+    assert predict_ids(from_pretrained(separator_model_dir), [11, 25], sampling, 5, end_token=9) == [6] * 5

@@ -13,6 +13,7 @@ GPT-2 hides nothing but the padding it is told about, as Hugging Face does. See 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import mindspore as ms
@@ -143,6 +144,12 @@ class IncrementalDecoder:
         return outputs[0].asnumpy(), DecodeState(tuple(outputs[1:]), lengths + 1, visible)
 
 
+def _stop_ids(eos_token_id) -> frozenset[int]:
+    if eos_token_id is None:
+        return frozenset()
+    return frozenset(map(int, np.atleast_1d(eos_token_id)))
+
+
 def _recompute_logits(model, sequences: list[list[int]]) -> np.ndarray:
     """Next-token logits by full recomputation (no cache kept): the prefill graph, which applies the head to
     each row's last position only (full-sequence logits would cost B x S x V floats)."""
@@ -152,14 +159,14 @@ def _recompute_logits(model, sequences: list[list[int]]) -> np.ndarray:
 
 def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = False, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-             eos_token_id: int | None = None, seed: int | None = None, attention_mask=None,
+             eos_token_id: int | Sequence[int] | None = None, seed: int | None = None, attention_mask=None,
              use_cache: bool = True) -> list[list[int]]:
     """Continue each prompt by up to `max_new_tokens` tokens; return prompt + new ids per row.
 
     input_ids: a list of id lists, a 1-D or a 2-D integer array; `attention_mask` (same shape, 1 = token) drops
     padding on either side, and the prompt returned is the row without it. Float ids are refused (`InputError`).
-    A row stops after it emits `eos_token_id` (kept in the output). Penalties count generated tokens
-    only, as the reference does. `use_cache=False` recomputes the whole sequence at every step.
+    A row stops after it emits `eos_token_id` (one id or several; kept in the output). Penalties count
+    generated tokens only, as the reference does. `use_cache=False` recomputes the whole sequence at every step.
     PanGu-alpha hides its pad/eod id from later positions (see the module docstring).
     """
     sampling = SamplingConfig(do_sample, temperature, top_k, top_p, frequency_penalty, presence_penalty)
@@ -173,6 +180,7 @@ def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = Fa
             f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the position table "
             f"({max_positions} positions); shorten the prompt or ask for fewer tokens"
         )
+    stop_ids = _stop_ids(eos_token_id)
     rng = np.random.default_rng(seed)
     vocab = model.config.vocab_size
     counts = np.zeros((len(prompts), vocab), dtype=np.float32)
@@ -192,7 +200,7 @@ def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = Fa
             if not finished[row]:
                 sequences[row].append(int(token))
                 counts[row, token] += 1
-                finished[row] = eos_token_id is not None and token == eos_token_id
+                finished[row] = int(token) in stop_ids
         if finished.all() or step == max_new_tokens - 1:
             break
         if use_cache:

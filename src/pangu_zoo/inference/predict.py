@@ -5,7 +5,9 @@ Sampling follows the reference `generate` (MSM `src/generate.py`):
 * penalties on the log-probabilities, counting **generated** tokens only:
   `lp - count * frequency_penalty - (count > 0) * presence_penalty`;
 * `top_p < 1`: nucleus sampling over the 5000 most likely tokens; otherwise top-k with `top_k_num` (3);
-* generation stops when `end_token` (default: the tokenizer's `<eot>`) is drawn; it is not part of the output.
+* generation stops when `end_token` is drawn; it is not part of the output. By default the end tokens are the
+  tokenizer's `<eot>` and its document separator (PanGu-alpha: 9 and 6; the reference stops at `<eot>` only),
+  and special pieces are left out of the printed text.
 
 Differences, all documented in docs/evaluation.md: `--load_ckpt_path` also takes model directories
 (config.json + weights; see `pangu_zoo.checkpoint.loader`); `--hidden_act`, `--temperature` (default 1.0,
@@ -19,7 +21,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from pangu_zoo.checkpoint.loader import checkpoint_path, load_model
 from pangu_zoo.errors import InputError
@@ -27,6 +32,8 @@ from pangu_zoo.errors import InputError
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "今天是一个好天气"
+# pieces that mark structure, not text: never printed (PanGu-alpha's vocabulary, then GPT-2's)
+SPECIAL_PIECES = ("<s>", "</s>", "<sep>", "<pad>", "<eod>", "<eot>", "<|endoftext|>")
 NUCLEUS_CANDIDATES = 5000  # the reference samples top-p from the 5000 most likely tokens
 
 
@@ -54,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ref.add_argument("--frequency_penalty", type=float, default=1.5)
     ref.add_argument("--presence_penalty", type=float, default=0.3)
     ref.add_argument("--max_generate_length", type=int, default=500)
-    ref.add_argument("--end_token", type=int, default=None, help="stop id (default: the tokenizer's <eot>)")
+    ref.add_argument("--end_token", type=int, default=None,
+                     help="stop id (default: the tokenizer's <eot> and its document separator)")
     ref.add_argument("--param_init_type", choices=["fp16", "fp32"], default="fp32")
     ref.add_argument("--distribute", type=str2bool, default=False,
                      help="split every layer over the launched devices (model parallel; GPU/Ascend, started by "
@@ -90,9 +98,33 @@ def reference_sampling(top_k_num: int = 3, top_p: float = 1.0, frequency_penalty
                           frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
 
 
-def predict_ids(model, prompt_ids: list[int], sampling, max_generate_length: int, end_token: int | None,
-                seed: int | None = None, use_past: bool = True) -> list[int]:
-    """Generated ids after `prompt_ids` (the end token, when drawn, is not included)."""
+def default_end_tokens(tokenizer) -> tuple[int, ...]:
+    """`<eot>` and the document separator (the same id for GPT-2): a model trained on separated documents
+    (the demo, PanGu-alpha's `<pad>` 6) ends a text with the separator, so stopping at `<eot>` alone runs on."""
+    return tuple(dict.fromkeys((tokenizer.eot_id, tokenizer.document_separator_id)))
+
+
+def special_ids(tokenizer) -> set[int]:
+    """Ids of the `SPECIAL_PIECES` this tokenizer's vocabulary has."""
+    found = set()
+    for piece in SPECIAL_PIECES:
+        try:
+            found.add(tokenizer.token_to_id(piece))
+        except InputError:
+            continue
+    return found
+
+
+def output_text(tokenizer, ids: list[int]) -> str:
+    """The decoded text of `ids` without special pieces (`<pad>`, `<eot>`, ...)."""
+    hidden = special_ids(tokenizer)
+    return tokenizer.decode([i for i in ids if i not in hidden])
+
+
+def predict_ids(model, prompt_ids: list[int], sampling, max_generate_length: int,
+                end_token: int | Sequence[int] | None, seed: int | None = None, use_past: bool = True) -> list[int]:
+    """Generated ids after `prompt_ids`; generation stops at `end_token` (one id or several), which is not
+    included."""
     room = model.config.max_position_embeddings - len(prompt_ids)
     if room < 1:
         raise InputError(f"the prompt has {len(prompt_ids)} tokens; the model reads at most "
@@ -104,7 +136,7 @@ def predict_ids(model, prompt_ids: list[int], sampling, max_generate_length: int
                          frequency_penalty=sampling.frequency_penalty, presence_penalty=sampling.presence_penalty,
                          eos_token_id=end_token, seed=seed, use_cache=use_past)[0]
     new = out[len(prompt_ids):]
-    if new and end_token is not None and new[-1] == end_token:
+    if new and end_token is not None and new[-1] in np.atleast_1d(end_token):
         new = new[:-1]
     return new
 
@@ -180,12 +212,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     sampling = reference_sampling(args.top_k_num, args.top_p, args.frequency_penalty, args.presence_penalty,
                                   args.temperature)
-    end_token = tokenizer.eot_id if args.end_token is None else args.end_token
+    end_token = default_end_tokens(tokenizer) if args.end_token is None else args.end_token
     for prompt in _prompts(args):
         ids = tokenizer.encode(prompt)
         new = predict_ids(model, ids, sampling, args.max_generate_length, end_token, seed, args.use_past)
         if speaks:
-            sys.stdout.write(tokenizer.decode(ids + new) + "\n")
+            sys.stdout.write(output_text(tokenizer, ids + new) + "\n")
             sys.stdout.flush()
     return 0
 
