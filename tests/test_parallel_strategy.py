@@ -107,3 +107,23 @@ def test_optimizer_sharding_skips_layernorm_biases_embeddings():
     for name in ("backbone.blocks.0.layernorm1.gamma", "backbone.blocks.0.attention.projection.bias",
                  "backbone.word_embedding.embedding_table", "backbone.top_query_embedding.embedding_table"):
         assert not optimizer_shardable(name)
+
+
+@pytest.mark.parametrize("preset", ["pangu_alpha_tiny", "gpt2-tiny"])
+def test_every_primitive_of_the_cells_is_placed(preset):
+    """A primitive added to the cells without a strategy would run unsharded (replicated) without a word."""
+    from pangu_zoo.models import build_model
+    from pangu_zoo.models.loss import LanguageModelWithLoss
+    from pangu_zoo.parallel.placement import network_placement_map
+
+    special = {"eod_token_id": 7, "pad_token_id": 7, "eos_token_id": 7}
+    network = LanguageModelWithLoss(build_model(preset, vocab_size=128, num_layers=3, max_position_embeddings=16,
+                                                **special))
+    primitives = {f"{name}.{attr}" if name else attr
+                  for name, cell in network.cells_and_names()
+                  for attr, primitive in getattr(cell, "_primitives", {}).items() if primitive is not None}
+    placed = network_placement_map(network)
+    assert primitives - set(placed) == set(), "primitives without a strategy table entry"
+    assert set(placed) - primitives == set(), "placement names primitives the cells do not have"
+    table = strategy_table(ParallelConfig(data_parallel=2, model_parallel=2))
+    assert set(placed.values()) <= set(table)

@@ -74,17 +74,33 @@ def _shard_all(root, ops: dict[str, str], table) -> None:
         _attribute(root, path).shard(table[entry])
 
 
+def model_placement_map(model) -> dict[str, str]:
+    """Primitive path inside a CausalLM -> its strategy table entry, for every primitive of the model (a test
+    checks that no primitive of the cells is missing, so a new op cannot stay unsharded silently)."""
+    backbone = model.backbone
+    entries = {f"backbone.{path}": entry for path, entry in BACKBONE_OPS.items()}
+    blocks = [f"blocks.{i}" for i in range(len(backbone.blocks))]
+    if backbone.has_top_query:
+        entries.update({f"backbone.{path}": entry for path, entry in TOP_QUERY_OPS.items()})
+        blocks.append("top_query_layer")
+    for block in blocks:
+        entries.update({f"backbone.{block}.{path}": entry for path, entry in BLOCK_OPS.items()})
+    return entries
+
+
+def network_placement_map(network) -> dict[str, str]:
+    """The same for a LanguageModelWithLoss: its input and loss ops, then the model's."""
+    entries = dict(LOSS_OPS)
+    entries.update({f"model.{path}": entry for path, entry in model_placement_map(network.model).items()})
+    return entries
+
+
 def place_model(model, parallel: ParallelConfig) -> None:
     """Shard every op of a CausalLM and assign pipeline stages; mark parameters optimizer sharding skips."""
-    table = strategy_table(parallel)
+    _shard_all(model, model_placement_map(model), strategy_table(parallel))
     backbone = model.backbone
-    _shard_all(backbone, BACKBONE_OPS, table)
-    blocks = list(backbone.blocks)
-    if backbone.has_top_query:
-        _shard_all(backbone, TOP_QUERY_OPS, table)
-        blocks.append(backbone.top_query_layer)
+    blocks = list(backbone.blocks) + ([backbone.top_query_layer] if backbone.has_top_query else [])
     for block in blocks:
-        _shard_all(block, BLOCK_OPS, table)
         block.attention.sharded_cache_write = True
     if parallel.pipeline_stage > 1:
         stages = layer_stages(model.config, parallel)
