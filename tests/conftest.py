@@ -19,24 +19,54 @@ def shared_data(relative: str) -> Path:
     return path
 
 
+def _pristine(model):
+    """A fixture for one test: the session's model, reset to its initial weights and one-device cache write
+    before the test and after it, so no test sees what another one changed (weights, flags, graphs)."""
+    weights = {name: value.copy() for name, value in model.state_dict().items()}
+    attentions = [block.attention for block in model.backbone.blocks]
+    if model.backbone.has_top_query:
+        attentions.append(model.backbone.top_query_layer.attention)
+
+    def reset():
+        model.load_state_dict(weights)
+        if any(attention.sharded_cache_write for attention in attentions):
+            for attention in attentions:
+                attention.sharded_cache_write = False
+            model.set_graph_wrapper(None)  # rebuild the graphs without the flag
+        return model
+    return reset
+
+
 @pytest.fixture(scope="session")
-def tiny_pangu():
+def _tiny_pangu_reset():
     from pangu_zoo.models import build_model
 
     np.random.seed(0)
     import mindspore as ms
 
     ms.set_seed(0)
-    return build_model("pangu_alpha_tiny", vocab_size=1000, num_layers=3, dropout_rate=0.0,
-                       max_position_embeddings=128)
+    return _pristine(build_model("pangu_alpha_tiny", vocab_size=1000, num_layers=3, dropout_rate=0.0,
+                                 max_position_embeddings=128))
 
 
 @pytest.fixture(scope="session")
-def tiny_gpt2():
+def _tiny_gpt2_reset():
     import mindspore as ms
 
     from pangu_zoo.models import build_model
 
     ms.set_seed(1)
-    return build_model("gpt2-tiny", vocab_size=1000, dropout_rate=0.0, max_position_embeddings=128,
-                       eod_token_id=999, pad_token_id=999, eos_token_id=999)
+    return _pristine(build_model("gpt2-tiny", vocab_size=1000, dropout_rate=0.0, max_position_embeddings=128,
+                                 eod_token_id=999, pad_token_id=999, eos_token_id=999))
+
+
+@pytest.fixture
+def tiny_pangu(_tiny_pangu_reset):
+    yield _tiny_pangu_reset()
+    _tiny_pangu_reset()
+
+
+@pytest.fixture
+def tiny_gpt2(_tiny_gpt2_reset):
+    yield _tiny_gpt2_reset()
+    _tiny_gpt2_reset()

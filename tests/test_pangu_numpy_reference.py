@@ -59,7 +59,7 @@ def np_pangu_logits(w, ids, positions, mask, num_layers, heads):
     return x @ w["backbone.word_embedding.embedding_table"].T
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def randomized_pangu(tiny_pangu):
     """Give every parameter (LN and biases too) a random value so that no term can hide."""
     rng = np.random.default_rng(3)
