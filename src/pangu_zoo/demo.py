@@ -1,7 +1,7 @@
 """`pangu demo`: the README's main job on an embedded default.
 
 Preprocesses a small corpus (the project's own, or `--corpus_glob`), trains a tiny PanGu-alpha on it
-for a few minutes on the CPU, saves it, draws the loss curve, and generates a continuation of a prompt
+for 150 steps on the CPU (about 20 s on 2 cores), saves it, draws the loss curve, and generates a continuation of a prompt
 with the released tokenizer.
 """
 
