@@ -1,8 +1,8 @@
 """`pangu demo`: the README's main job on an embedded default.
 
 Preprocesses a small corpus (the project's own, or `--corpus_glob`), trains a tiny PanGu-alpha on it
-for 150 steps on the CPU (about 20 s on 2 cores), saves it, draws the loss curve, and generates a continuation of a prompt
-with the released tokenizer.
+for 150 steps on the CPU (about 20 s on 2 cores), saves it, draws the loss curve, and generates a
+continuation of a prompt with the released tokenizer.
 """
 
 from __future__ import annotations
