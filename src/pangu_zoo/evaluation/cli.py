@@ -36,11 +36,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def load_model_and_tokenizer(model_dir: str, tokenizer_path: str, kind: str | None = None):
     """A saved model (dropout off) and the tokenizer of its family (or of `kind`)."""
     from pangu_zoo.models import from_pretrained
-    from pangu_zoo.tokenizers import load_tokenizer
+    from pangu_zoo.tokenizers import load_tokenizer, tokenizer_kind_for
 
     model = from_pretrained(model_dir, dropout_rate=0.0)
-    kind = kind or ("gpt2" if model.config.family == "gpt2" else "pangu-alpha")
-    return model, load_tokenizer(kind, tokenizer_path)
+    return model, load_tokenizer(kind or tokenizer_kind_for(model.config), tokenizer_path)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,12 +40,11 @@ def read_prompts(args: argparse.Namespace, default: str | None = None) -> list[s
 
 def run(args: argparse.Namespace) -> int:
     from pangu_zoo.models import from_pretrained
-    from pangu_zoo.tokenizers import load_tokenizer
+    from pangu_zoo.tokenizers import load_tokenizer, tokenizer_kind_for
 
     prompts = read_prompts(args)
     model = from_pretrained(args.model_dir, dropout_rate=0.0)
-    kind = args.tokenizer or ("gpt2" if model.config.family == "gpt2" else "pangu-alpha")
-    tokenizer = load_tokenizer(kind, args.tokenizer_path)
+    tokenizer = load_tokenizer(args.tokenizer or tokenizer_kind_for(model.config), args.tokenizer_path)
     encoded = [tokenizer.encode(p) for p in prompts]
     outputs = model.generate(encoded, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                              top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, seed=args.seed,

@@ -15,7 +15,8 @@ from pangu_zoo.tokenizers.base import Tokenizer
 KIND_ALIASES = {"pangu-alpha": "pangu-alpha", "pangu": "pangu-alpha", "jieba": "pangu-alpha",
                 "gpt2": "gpt2", "gpt": "gpt2"}
 
-__all__ = ["KIND_ALIASES", "Tokenizer", "canonical_kind", "load_tokenizer", "PanguTokenizer", "GPT2Tokenizer"]
+__all__ = ["KIND_ALIASES", "Tokenizer", "canonical_kind", "load_tokenizer", "tokenizer_kind_for", "PanguTokenizer",
+           "GPT2Tokenizer"]
 
 
 def canonical_kind(kind: str) -> str:
@@ -24,6 +25,11 @@ def canonical_kind(kind: str) -> str:
         return KIND_ALIASES[kind.lower()]
     except KeyError:
         raise ConfigError(f"unknown tokenizer kind {kind!r}; choose one of {sorted(KIND_ALIASES)}") from None
+
+
+def tokenizer_kind_for(config) -> str:
+    """The tokenizer kind of a model's family (`config` is its `ModelConfig`): GPT-2's BPE or PanGu-alpha's."""
+    return "gpt2" if config.family == "gpt2" else "pangu-alpha"
 
 
 def load_tokenizer(kind: str, path: str | Path) -> Tokenizer:
