@@ -13,16 +13,9 @@ import json
 import logging
 from pathlib import Path
 
+from pangu_zoo.arg_types import parse_bool
+
 log = logging.getLogger(__name__)
-
-
-def _bool(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false or 1/0, got {text!r}")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ckpt.add_argument("--save_checkpoint_steps", type=int, default=2000)
     ckpt.add_argument("--keep_checkpoint_max", type=int, default=1)
     ckpt.add_argument("--ckpt_name_prefix", default="pangu")
-    ckpt.add_argument("--pre_trained", type=_bool, default=False, help="resume from the newest checkpoint")
+    ckpt.add_argument("--pre_trained", type=parse_bool, default=False, help="resume from the newest checkpoint")
     ckpt.add_argument("--incremental_training", type=int, choices=[0, 1], default=0)
     ckpt.add_argument("--load_ckpt_path",
                       help="checkpoint to start from (incremental training): model directory, Hugging Face GPT-2 "
@@ -92,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ckpt.add_argument("--peak_gflops", type=float, default=332.0, help="device fp32 peak for the MFU figure")
     par = parser.add_argument_group("devices")
     par.add_argument("--device_target", choices=["CPU", "GPU", "Ascend"], default="CPU")
-    par.add_argument("--distribute", type=_bool, default=False)
+    par.add_argument("--distribute", type=parse_bool, default=False)
     par.add_argument("--parallel_mode", default="data_parallel",
                      choices=["data_parallel", "semi_auto_parallel", "auto_parallel"])
     par.add_argument("--full_batch", type=int, choices=[0, 1], default=1,
