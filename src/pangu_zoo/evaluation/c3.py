@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from pangu_zoo.buckets import round_up
 from pangu_zoo.errors import DataError, InputError
+from pangu_zoo.evaluation.log_probs import label_log_probs
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +97,6 @@ def build_c3_examples(instances: list[list[Any]], limit: int | None = None) -> l
     return examples
 
 
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
 def score_token_pairs(model, pairs: list[tuple[list[int], list[int]]], pad_id: int,
                       seq_length: int | None = None, batch_size: int = 4, progress: bool = False) -> np.ndarray:
     """Reference C3 scores (summed masked NLL / seq_length) of (tokens, prompt_ids) pairs -> float64 [N].
@@ -122,7 +120,7 @@ def score_token_pairs(model, pairs: list[tuple[list[int], list[int]]], pad_id: i
 
         batches = tqdm(batches, desc="C3 scoring", unit="batch")
     for rows in batches:
-        width = min(_round_up(max(len(truncated[r][0]) for r in rows), LENGTH_BUCKET), seq_length)
+        width = min(round_up(max(len(truncated[r][0]) for r in rows), LENGTH_BUCKET), seq_length)
         # pad the batch to a fixed row count as well (repeat the first row) so shapes stay few
         filled = list(rows) + [rows[0]] * (batch_size - len(rows))
         tokens = np.full((len(filled), width), pad_id, dtype=np.int64)
@@ -134,21 +132,10 @@ def score_token_pairs(model, pairs: list[tuple[list[int], list[int]]], pad_id: i
         logits = model.forward_logits(tokens, attention_mask=tokens != pad_id)
         labels = np.concatenate([tokens[:, 1:], np.full((len(filled), 1), pad_id)], axis=1)
         mask = (tokens != pad_id) & (prompts == pad_id)
-        label_logprob = _label_log_softmax(logits, labels)
+        label_logprob = label_log_probs(logits, labels)
         batch_scores = -(label_logprob * mask).sum(axis=1) / seq_length
         scores[rows] = batch_scores[:len(rows)]
     return scores
-
-
-def _label_log_softmax(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """log_softmax(logits)[b, t, labels[b, t]] in float64 -> [B, S], one row at a time to bound memory."""
-    out = np.empty(labels.shape, dtype=np.float64)
-    for b in range(logits.shape[0]):
-        row = logits[b].astype(np.float64)
-        top = row.max(axis=-1, keepdims=True)
-        log_norm = np.log(np.exp(row - top).sum(axis=-1)) + top[:, 0]
-        out[b] = np.take_along_axis(row, labels[b][:, None], axis=-1)[:, 0] - log_norm
-    return out
 
 
 def top1_accuracy(examples: list[C3Example], scores: np.ndarray) -> tuple[float, list[dict[str, Any]]]:

@@ -28,6 +28,7 @@ import numpy as np
 
 from pangu_zoo.data.wikitext import is_heading, wikitext_passages
 from pangu_zoo.errors import DataError, InputError
+from pangu_zoo.evaluation.log_probs import label_log_probs
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +55,7 @@ def wikitext_token_blocks(text: str, tokenizer, block_size: int = 1024,
 def _block_nll(model, blocks: np.ndarray) -> np.ndarray:
     """Per-token NLL [B, L-1] (float64) of tokens 1..L-1 of each block given the earlier ones."""
     logits = model.forward_logits(blocks)
-    out = np.empty((blocks.shape[0], blocks.shape[1] - 1), dtype=np.float64)
-    for b in range(blocks.shape[0]):
-        row = logits[b, :-1].astype(np.float64)
-        top = row.max(axis=-1, keepdims=True)
-        log_norm = np.log(np.exp(row - top).sum(axis=-1)) + top[:, 0]
-        out[b] = log_norm - np.take_along_axis(row, blocks[b, 1:, None], axis=-1)[:, 0]
-    return out
+    return -label_log_probs(logits[:, :-1], blocks[:, 1:])
 
 
 def block_perplexity(model, blocks: np.ndarray, tail: np.ndarray | None = None, batch_size: int = 1,

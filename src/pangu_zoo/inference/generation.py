@@ -19,16 +19,13 @@ from dataclasses import dataclass
 import mindspore as ms
 import numpy as np
 
+from pangu_zoo.buckets import round_up
 from pangu_zoo.errors import InputError
 from pangu_zoo.inference.sampling import SamplingConfig, choose_next
 from pangu_zoo.models.masks import decode_bias, mask_to_bias, slot_onehot, visible_keys_mask
 
 PREFILL_BUCKET = 16
 CACHE_BUCKET = 64
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
 
 
 @dataclass
@@ -104,7 +101,7 @@ class IncrementalDecoder:
         """Run the prompts; return the logits of each row's next token [B, V] and the state, whose cache holds
         `cache_len` positions (default: just the padded prompts)."""
         lengths = np.array([len(p) for p in prompts])
-        bucket = min(_round_up(int(lengths.max()), PREFILL_BUCKET), self.config.max_position_embeddings)
+        bucket = min(round_up(int(lengths.max()), PREFILL_BUCKET), self.config.max_position_embeddings)
         cache_len = bucket if cache_len is None else cache_len
         if cache_len < bucket:
             raise InputError(f"cache length {cache_len} is shorter than the padded prompts ({bucket})")
@@ -189,8 +186,8 @@ def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = Fa
 
     if use_cache:
         decoder = IncrementalDecoder(model)
-        cache_len = min(_round_up(longest + max_new_tokens - 1, CACHE_BUCKET), max_positions)
-        cache_len = max(cache_len, min(_round_up(longest, PREFILL_BUCKET), max_positions))
+        cache_len = min(round_up(longest + max_new_tokens - 1, CACHE_BUCKET), max_positions)
+        cache_len = max(cache_len, min(round_up(longest, PREFILL_BUCKET), max_positions))
         logits, state = decoder.prefill(prompts, cache_len)
     else:
         logits = _recompute_logits(model, sequences)
