@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from pangu_zoo.errors import ConfigError
     from pangu_zoo.inference.predict import default_end_tokens, load_overrides, start_distributed
     from pangu_zoo.serving.export import export_model
-    from pangu_zoo.tokenizers import load_tokenizer
+    from pangu_zoo.tokenizers import load_tokenizer, tokenizer_kind_for
 
     if args.device_target:
         import mindspore as ms
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
         distribute_for_inference(model, device_num, rank)
         out_root = out_root / "serving_increment" / "pangu_distributed" / "models" / f"device_{rank}"
-    kind = args.tokenizer or ("gpt2" if model.config.family == "gpt2" else "pangu-alpha")
+    kind = args.tokenizer or tokenizer_kind_for(model.config)
     tokenizer_path = None if args.no_tokenizer else Path(args.tokenizer_path)
     end_ids: tuple[int, ...] = ()
     if tokenizer_path is not None:
