@@ -1,14 +1,15 @@
 """Attention masks as additive fp32 biases, built on the host with NumPy.
 
 A mask is 1 where a query may attend to a key and 0 elsewhere; a bias is 0 / MASK_VALUE (-10000, as the
-reference adds (1 - mask) * -10000 before the softmax).
+reference adds (1 - mask) * -10000 before the softmax). The model and the decoding loop both build them, so
+this module sits below both (outside `pangu_zoo.models`, whose package imports the model classes).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pangu_zoo.models.layers import MASK_VALUE
+MASK_VALUE = -10000.0
 
 
 def causal_padding_mask(padding_mask: np.ndarray) -> np.ndarray:

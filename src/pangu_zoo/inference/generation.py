@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import mindspore as ms
 import numpy as np
 
+from pangu_zoo.attention_masks import decode_bias, mask_to_bias, slot_onehot, visible_keys_mask
 from pangu_zoo.buckets import round_up
 from pangu_zoo.errors import InputError
 from pangu_zoo.inference.sampling import SamplingConfig, choose_next
-from pangu_zoo.models.masks import decode_bias, mask_to_bias, slot_onehot, visible_keys_mask
 
 PREFILL_BUCKET = 16
 CACHE_BUCKET = 64

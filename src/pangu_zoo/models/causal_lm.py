@@ -14,10 +14,12 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from pangu_zoo.attention_masks import causal_padding_mask, mask_to_bias
 from pangu_zoo.config import ModelConfig
 from pangu_zoo.errors import CheckpointError, ConfigError, InputError
+from pangu_zoo.inference import generation
+from pangu_zoo.models.graphs import GRAPHS
 from pangu_zoo.models.layers import Backbone
-from pangu_zoo.models.masks import causal_padding_mask, mask_to_bias
 from pangu_zoo.runtime import use_graph_mode
 
 
@@ -53,11 +55,8 @@ class CausalLM(nn.Cell):
     def graph(self, name: str) -> nn.Cell:
         """A compiled wrapper around the backbone (created once, shared parameters)."""
         if name not in self._graphs:
-            from pangu_zoo.models import graphs
-
             use_graph_mode()
-
-            cell = graphs.GRAPHS[name](self.backbone)
+            cell = GRAPHS[name](self.backbone)
             self._graphs[name] = self._graph_wrapper(name, cell) if self._graph_wrapper else cell
         return self._graphs[name]
 
@@ -114,9 +113,7 @@ class CausalLM(nn.Cell):
 
     def generate(self, input_ids, max_new_tokens: int = 20, **kwargs: Any) -> list[list[int]]:
         """Continue each prompt with the KV cache; see `pangu_zoo.inference.generation.generate`."""
-        from pangu_zoo.inference.generation import generate
-
-        return generate(self, input_ids, max_new_tokens=max_new_tokens, **kwargs)
+        return generation.generate(self, input_ids, max_new_tokens=max_new_tokens, **kwargs)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Parameters as `{released name: fp32/fp16 NumPy array}` (bf16 is widened to fp32)."""

@@ -23,7 +23,6 @@ from mindspore.common.initializer import Normal, TruncatedNormal, initializer
 
 from pangu_zoo.config import ModelConfig
 
-MASK_VALUE = -10000.0
 _MS_DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn, ops
 
-from pangu_zoo.models.layers import MASK_VALUE
+from pangu_zoo.attention_masks import MASK_VALUE
 
 
 class MaskedCrossEntropy(nn.Cell):
