@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pangu_zoo.arg_types import parse_bool
 from pangu_zoo.checkpoint.loader import checkpoint_path, load_model
 from pangu_zoo.errors import InputError
 
@@ -35,14 +36,6 @@ DEFAULT_PROMPT = "今天是一个好天气"
 # pieces that mark structure, not text: never printed (PanGu-alpha's vocabulary, then GPT-2's)
 SPECIAL_PIECES = ("<s>", "</s>", "<sep>", "<pad>", "<eod>", "<eot>", "<|endoftext|>")
 NUCLEUS_CANDIDATES = 5000  # the reference samples top-p from the 5000 most likely tokens
-
-
-def str2bool(value: str) -> bool:
-    if str(value).lower() in ("true", "1", "yes"):
-        return True
-    if str(value).lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ref.add_argument("--mode", default="2.6B",
                      help="reference preset name: shapes released folders and .ckpt files (model folders carry "
                           "their own config)")
-    ref.add_argument("--use_past", type=str2bool, default=True, help="incremental decoding with the KV cache")
+    ref.add_argument("--use_past", type=parse_bool, default=True, help="incremental decoding with the KV cache")
     ref.add_argument("--top_k_num", type=int, default=3)
     ref.add_argument("--top_p", type=float, default=1.0)
     ref.add_argument("--frequency_penalty", type=float, default=1.5)
@@ -64,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ref.add_argument("--end_token", type=int, default=None,
                      help="stop id (default: the tokenizer's <eot> and its document separator)")
     ref.add_argument("--param_init_type", choices=["fp16", "fp32"], default="fp32")
-    ref.add_argument("--distribute", type=str2bool, default=False,
+    ref.add_argument("--distribute", type=parse_bool, default=False,
                      help="split every layer over the launched devices (model parallel; GPU/Ascend, started by "
                           "scripts/run_distribute_predict.sh or mpirun)")
     ref.add_argument("--strategy_load_ckpt_path", default="",
@@ -200,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
 
         ms.set_context(device_target=args.device_target, device_id=args.device_id)
     rank, device_num = start_distributed(args.device_target) if args.distribute else (0, 1)
-    from pangu_zoo.tokenizers import load_tokenizer
+    from pangu_zoo.tokenizers import load_tokenizer, tokenizer_kind_for
 
     model_dir = _model_dir(args)
     model = load_model(model_dir, args.mode, args.strategy_load_ckpt_path or None, **load_overrides(args))
@@ -210,8 +203,7 @@ def run(args: argparse.Namespace) -> int:
         # each rank keeps its slice of the whole weights when the graphs first compile
         distribute_for_inference(model, device_num, rank)
         logger.info("rank %d of %d: model parallel over all devices", rank, device_num)
-    kind = args.tokenizer or ("gpt2" if model.config.family == "gpt2" else "pangu-alpha")
-    tokenizer = load_tokenizer(kind, args.tokenizer_path)
+    tokenizer = load_tokenizer(args.tokenizer or tokenizer_kind_for(model.config), args.tokenizer_path)
     logger.info("model %s (%s, --mode %s)", model_dir, model.config.family, args.mode)
     speaks = rank == 0  # every rank runs every graph (they exchange activations); rank 0 prints
     # every rank must draw the same tokens, so sharded runs always seed (0 unless --seed says otherwise)
