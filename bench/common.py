@@ -10,7 +10,7 @@ def gpt2_small_pair():
     import torch
     import transformers
 
-    from pangu_zoo.checkpoint.pretrained import from_pretrained
+    from pangu_zoo.models import from_pretrained
 
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()

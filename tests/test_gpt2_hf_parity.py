@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from pangu_zoo.checkpoint.pretrained import from_pretrained  # noqa: E402
 from pangu_zoo.errors import CheckpointError  # noqa: E402
+from pangu_zoo.models import from_pretrained  # noqa: E402
 
 VOCAB = 1000
 

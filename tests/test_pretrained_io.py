@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from pangu_zoo.checkpoint.pretrained import from_pretrained
 from pangu_zoo.errors import CheckpointError, InputError
-from pangu_zoo.models import build_model
+from pangu_zoo.models import build_model, from_pretrained
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "ckpt"])

@@ -18,10 +18,10 @@ import pytest
 from mindspore.train import node_strategy_pb2
 
 from pangu_zoo.checkpoint import mindformers
-from pangu_zoo.checkpoint.pretrained import from_pretrained
-from pangu_zoo.checkpoint.released import is_released_layout, load_released_checkpoint
+from pangu_zoo.checkpoint.loader import load_released_checkpoint
+from pangu_zoo.checkpoint.released import is_released_layout
 from pangu_zoo.errors import CheckpointError
-from pangu_zoo.models import build_model
+from pangu_zoo.models import build_model, from_pretrained
 
 DP, MP = 2, 2
 DEV_MATRIX = [DP, MP]  # rank = dp_index * MP + mp_index; tensor_map 0 = the MP axis (counted from the right)

@@ -5,6 +5,9 @@ Our directories hold `config.json` (a `ModelConfig`, recognised by its `family` 
 holding both (which one is current cannot be told). Hugging Face GPT-2 directories hold their own
 `config.json` and `model.safetensors` and/or `pytorch_model.bin` (Hub folders often carry both, the same
 weights); safetensors is preferred there, as transformers does.
+
+This module reads and writes the files only: `read_pretrained` returns the config and the weights, and
+`pangu_zoo.models.from_pretrained` builds the model from them, so checkpoint formats never import the models.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pangu_zoo.checkpoint import hf_gpt2
 from pangu_zoo.checkpoint.io import atomic_path, load_weights, save_weights
+from pangu_zoo.checkpoint.released import is_released_layout
 from pangu_zoo.config import ModelConfig
 from pangu_zoo.errors import CheckpointError, ConfigError
 
@@ -31,12 +37,10 @@ def _read_config(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{directory} is not a directory; pass the folder holding config.json")
     config_file = directory / CONFIG_NAME
     if not config_file.is_file():
-        from pangu_zoo.checkpoint.released import is_released_layout
-
         if is_released_layout(directory):
             raise CheckpointError(
                 f"{directory} holds a released PanGu-alpha checkpoint (per-rank slices, no {CONFIG_NAME}); load it "
-                "with pangu_zoo.checkpoint.released.load_released_checkpoint(directory, preset_name)"
+                "with pangu_zoo.checkpoint.loader.load_released_checkpoint(directory, preset_name)"
             )
         raise CheckpointError(f"{directory} has no {CONFIG_NAME}; is it a saved model directory?")
     try:
@@ -62,13 +66,11 @@ def _our_weights_file(directory: Path) -> Path:
     return _find(directory, OUR_WEIGHTS)
 
 
-def from_pretrained(path: str | os.PathLike, **overrides: Any):
-    """Build the model a directory describes and load its weights.
+def read_pretrained(path: str | os.PathLike, **overrides: Any) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """The config a directory describes and its weights under our names.
 
     `overrides` replace config fields (e.g. `param_dtype="float16"`, `dropout_rate=0.0`).
     """
-    from pangu_zoo.models import build_model
-
     directory = Path(path)
     values = _read_config(directory)
     try:
@@ -83,9 +85,7 @@ def from_pretrained(path: str | os.PathLike, **overrides: Any):
             weights = load_weights(_our_weights_file(directory))
     except ConfigError as error:
         raise CheckpointError(f"{directory / CONFIG_NAME}: {error}") from error
-    model = build_model(config)
-    model.load_state_dict(weights)
-    return model
+    return config, weights
 
 
 def _remove_stale_weights(directory: Path, keep: Path) -> None:

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from pangu_zoo.checkpoint import mindformers
-from pangu_zoo.config import ModelConfig
 from pangu_zoo.errors import CheckpointError
 
 SLICE_PREFIXES = ("filerted_", "filtered_")
@@ -215,7 +214,10 @@ def read_embeddings(folder: Path, wanted: set[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def _state_for(directory, expected: dict[str, tuple[int, ...]], strategy_file) -> dict[str, np.ndarray]:
+def read_released_weights(directory: str | os.PathLike, expected: dict[str, tuple[int, ...]],
+                          strategy_file: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """The weights of a released layout under our names, checked against `expected` ({name: shape}, the
+    model's parameters): the merged slices plus the embedding tables of the `.npy` files."""
     directory = Path(directory)
     weights = mindformers.state_from_mindformers(merge_slices(directory, strategy_file))
     weights.update(read_embeddings(_slice_dir(directory), set(expected)))
@@ -238,18 +240,3 @@ def _state_for(directory, expected: dict[str, tuple[int, ...]], strategy_file) -
                               + "; ".join(parts) + " (different number of layers?)")
     return weights
 
-
-def load_released_checkpoint(directory: str | os.PathLike, config: ModelConfig | str,
-                             strategy_file: str | os.PathLike | None = None, **overrides: Any):
-    """Build the model `config` describes (a ModelConfig or a preset name, plus field overrides) and load the
-    released PanGu-alpha checkpoint in `directory` into it (standalone, one device).
-
-    The activation is tanh-GELU, the released weights' own, whatever `config` says: pass `hidden_act="fast_gelu"`
-    for slices trained with MSM's later Ascend code, which switched to fast_gelu."""
-    from pangu_zoo.models import build_model
-
-    overrides.setdefault("hidden_act", RELEASED_HIDDEN_ACT)
-    model = build_model(config, **overrides)
-    expected = {name: tuple(p.shape) for name, p in model.parameters_and_names()}
-    model.load_state_dict(_state_for(directory, expected, strategy_file))
-    return model

@@ -8,13 +8,14 @@ lists, check them, and run compiled graphs.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn
 
 from pangu_zoo.attention_masks import causal_padding_mask, mask_to_bias
+from pangu_zoo.checkpoint import pretrained
 from pangu_zoo.config import ModelConfig
 from pangu_zoo.errors import CheckpointError, ConfigError, InputError
 from pangu_zoo.inference import generation
@@ -34,6 +35,12 @@ class CausalLM(nn.Cell):
     """Embeddings, transformer stack and tied head. Subclasses fix the family."""
 
     family = ""
+    families: ClassVar[dict[str, type[CausalLM]]] = {}  # family name -> subclass, filled as each is defined
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.family:
+            CausalLM.families[cls.family] = cls
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -147,15 +154,15 @@ class CausalLM(nn.Cell):
                 param.set_data(ms.Tensor(np.asarray(weights[name])).astype(param.dtype))
 
     def save_pretrained(self, directory: str | os.PathLike, weights_format: str = "safetensors") -> None:
-        from pangu_zoo.checkpoint.pretrained import save_pretrained
-
-        save_pretrained(self, directory, weights_format)
+        """Write `config.json` and the weights into `directory` (see `pangu_zoo.checkpoint.pretrained`)."""
+        pretrained.save_pretrained(self, directory, weights_format)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> CausalLM:
-        from pangu_zoo.checkpoint.pretrained import from_pretrained
-
-        model = from_pretrained(path, **overrides)
-        if cls.family and model.config.family != cls.family:
-            raise CheckpointError(f"{path} holds a {model.config.family} model, not {cls.family}")
+        """The model a saved (or Hugging Face GPT-2) directory holds; a family class refuses the other family."""
+        config, weights = pretrained.read_pretrained(path, **overrides)
+        if cls.family and config.family != cls.family:
+            raise CheckpointError(f"{path} holds a {config.family} model, not {cls.family}")
+        model = CausalLM.families[config.family](config)
+        model.load_state_dict(weights)
         return model
