@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 
 from pangu_zoo.errors import InputError
+from pangu_zoo.tokenizers.pool import EncodePool
 
 
 class Tokenizer(ABC):
@@ -55,8 +56,6 @@ class Tokenizer(ABC):
     def encode_batch(self, texts: Iterable[str], num_workers: int = 1,
                      chunk_size: int = 64) -> list[list[int]]:
         """Encode many texts, with `num_workers` worker processes when it is above 1. Order is kept."""
-        from pangu_zoo.tokenizers.pool import EncodePool
-
         with EncodePool(self, num_workers) as pool:
             return list(pool.imap(texts, chunk_size=chunk_size))
 

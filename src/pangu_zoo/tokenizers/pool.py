@@ -6,9 +6,12 @@ import itertools
 import multiprocessing
 import os
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from pangu_zoo.errors import ConfigError
-from pangu_zoo.tokenizers.base import Tokenizer
+
+if TYPE_CHECKING:  # the interface uses this pool for `encode_batch`; at run time any tokenizer object will do
+    from pangu_zoo.tokenizers.base import Tokenizer
 
 _worker_tokenizer: Tokenizer | None = None
 
