@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pangu_zoo.data.masks import eod_reset_positions_and_mask, loss_mask
+from pangu_zoo.data.megatron import MegatronDataset
 from pangu_zoo.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -91,8 +92,6 @@ class MegatronSamples:
     """Consecutive `sample_length` windows over all tokens of a Megatron dataset (int32 rows)."""
 
     def __init__(self, prefix: Path, sample_length: int):
-        from pangu_zoo.data.megatron import MegatronDataset
-
         self.data = MegatronDataset(prefix)
         self.sample_length = sample_length
         self._tokens = self.data.tokens[:self.data.num_tokens]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pangu_zoo.data.dataset import DataFiles, resolve_data_files
+from pangu_zoo.data.megatron import MegatronDataset
 from pangu_zoo.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -57,8 +58,6 @@ def _check_vocabulary(data_path, files: DataFiles, column: str, vocab_size: int)
 def _token_range(files: DataFiles, column: str) -> tuple[int, int]:
     """Smallest and largest token id of the whole data set (read when no tokenizer size was recorded)."""
     if files.format == "megatron":
-        from pangu_zoo.data.megatron import MegatronDataset
-
         data = MegatronDataset(files.paths[0])
         tokens = data.tokens[:data.num_tokens]
         return (int(tokens.min()), int(tokens.max())) if tokens.size else (0, 0)

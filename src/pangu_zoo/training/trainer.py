@@ -17,6 +17,7 @@ import mindspore as ms
 import numpy as np
 
 from pangu_zoo.config import ParallelConfig, count_parameters
+from pangu_zoo.data.dataset import create_dataset
 from pangu_zoo.data.model_fit import check_data_fits_model
 from pangu_zoo.errors import ConfigError, DataError
 from pangu_zoo.parallel.strategy import batch_description
@@ -81,8 +82,6 @@ def flops_per_token(config, seq_length: int) -> float:
 
 
 def _dataset(settings: TrainSettings, model, samples_seen: int, epoch: int):
-    from pangu_zoo.data.dataset import create_dataset
-
     shards, shard = (1, 0) if settings.full_batch else (settings.rank_size, settings.rank)
     return create_dataset(settings.read_batch, settings.data_path, device_num=shards,
                           rank=shard, data_start_index=samples_seen,
