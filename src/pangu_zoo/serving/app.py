@@ -589,11 +589,12 @@ def _reference_routes(app: Flask, service: Service) -> None:
 
 def _query_text(name: str) -> str:
     """A query-string parameter decoded strictly (the usual decoding puts U+FFFD for invalid UTF-8)."""
-    values = parse_qs(request.query_string, keep_blank_values=True).get(name.encode("ascii"))
+    # latin-1 maps bytes to characters one to one, so the percent-decoded bytes come back unchanged
+    values = parse_qs(request.query_string.decode("latin-1"), keep_blank_values=True, encoding="latin-1").get(name)
     if not values:
         raise ApiError(400, f"{name} is required (GET /query?{name}=TEXT)", param=name)
     try:
-        return values[0].decode("utf-8")
+        return values[0].encode("latin-1").decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, f"{name} is not valid UTF-8", param=name) from None
 
@@ -715,7 +716,8 @@ def _messages(body: dict) -> list[dict]:
     for number, message in enumerate(value):
         if not isinstance(message, dict):
             raise ApiError(400, f"messages[{number}] must be an object", param="messages")
-        messages.append({"role": message.get("role"), "content": _content(message.get("content"), number)})
+        role = message.get("role")
+        messages.append({"role": role, "content": _content(message.get("content"), role, number)})
     try:
         check_messages(messages)
     except InputError as error:
@@ -723,11 +725,11 @@ def _messages(body: dict) -> list[dict]:
     return messages
 
 
-def _content(value, number: int) -> str:
-    """A message's text: a string, or an array of {"type": "text", "text": ...} parts (null counts as empty)."""
+def _content(value, role, number: int) -> str:
+    """A message's text: a string, or an array of {"type": "text", "text": ...} parts."""
     name = f"messages[{number}].content"
-    if value is None:
-        return ""
+    if value is None and role == "assistant":
+        return ""  # an assistant turn that only called tools
     if isinstance(value, list):
         parts = []
         for part in value:
