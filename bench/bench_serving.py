@@ -143,10 +143,10 @@ def measure_server(export, tokenizer, slots, context, clients, per_client, promp
 
 
 def measure_engine(export, tokenizer_path, slots, context, clients, per_client, prompt_ids, max_tokens) -> dict:
-    from pangu_zoo.inference.predict import special_ids
     from pangu_zoo.serving.engine import Engine, Sampling
     from pangu_zoo.serving.exported import ExportedModel
     from pangu_zoo.tokenizers import load_tokenizer
+    from pangu_zoo.tokenizers.special import special_ids
 
     tokenizer = load_tokenizer("gpt2", tokenizer_path)
     engine = Engine(ExportedModel(export), tokenizer, slots=slots, max_context=context, queue_limit=1000,

@@ -126,10 +126,10 @@ def sse_payloads(data: bytes) -> list[str]:
 @contextmanager
 def serve_model(model, tokenizer, slots: int = 4, queue_limit: int = 8, limits=None, threads: int = 32):
     """The real engine, app and waitress for `model`; yields a `Served`, stops both after."""
-    from pangu_zoo.inference.predict import default_end_tokens, special_ids
     from pangu_zoo.serving.app import create_app
     from pangu_zoo.serving.engine import Engine
     from pangu_zoo.serving.wsgi import BackgroundServer
+    from pangu_zoo.tokenizers.special import default_end_tokens, special_ids
 
     log = LogRecords()
     root = logging.getLogger()

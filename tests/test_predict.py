@@ -139,8 +139,8 @@ def test_several_end_tokens_stop_at_the_first_drawn(tiny_pangu):
 
 
 def test_special_pieces_are_left_out_of_the_text():
-    from pangu_zoo.inference.predict import default_end_tokens, output_text
     from pangu_zoo.tokenizers import load_tokenizer
+    from pangu_zoo.tokenizers.special import default_end_tokens, output_text
 
     tokenizer = load_tokenizer("pangu-alpha", shared_data("pangu_tokenizer"))
     ids = tokenizer.encode("你好") + [tokenizer.pad_id] + tokenizer.encode("世界") + [tokenizer.eot_id]

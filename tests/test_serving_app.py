@@ -17,7 +17,7 @@ PROMPT = "The meaning of life is"
 
 def greedy_reference(served, prompt_ids: list[int], max_tokens: int) -> str:
     """The model's own greedy continuation (stopping at the end ids), as text without special pieces."""
-    from pangu_zoo.inference.predict import default_end_tokens, output_text
+    from pangu_zoo.tokenizers.special import default_end_tokens, output_text
 
     end_ids = default_end_tokens(served.tokenizer)
 

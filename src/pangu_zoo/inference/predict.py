@@ -29,12 +29,11 @@ import numpy as np
 from pangu_zoo.arg_types import parse_bool
 from pangu_zoo.checkpoint.loader import checkpoint_path, load_model
 from pangu_zoo.errors import InputError
+from pangu_zoo.tokenizers.special import default_end_tokens, output_text
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "今天是一个好天气"
-# pieces that mark structure, not text: never printed (PanGu-alpha's vocabulary, then GPT-2's)
-SPECIAL_PIECES = ("<s>", "</s>", "<sep>", "<pad>", "<eod>", "<eot>", "<|endoftext|>")
 NUCLEUS_CANDIDATES = 5000  # the reference samples top-p from the 5000 most likely tokens
 
 
@@ -95,29 +94,6 @@ def reference_sampling(top_k_num: int = 3, top_p: float = 1.0, frequency_penalty
         raise InputError(f"top_k_num ({top_k_num}) must be at least 1")
     return SamplingConfig(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p,
                           frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
-
-
-def default_end_tokens(tokenizer) -> tuple[int, ...]:
-    """`<eot>` and the document separator (the same id for GPT-2): a model trained on separated documents
-    (the demo, PanGu-alpha's `<pad>` 6) ends a text with the separator, so stopping at `<eot>` alone runs on."""
-    return tuple(dict.fromkeys((tokenizer.eot_id, tokenizer.document_separator_id)))
-
-
-def special_ids(tokenizer) -> set[int]:
-    """Ids of the `SPECIAL_PIECES` this tokenizer's vocabulary has."""
-    found = set()
-    for piece in SPECIAL_PIECES:
-        try:
-            found.add(tokenizer.token_to_id(piece))
-        except InputError:
-            continue
-    return found
-
-
-def output_text(tokenizer, ids: list[int]) -> str:
-    """The decoded text of `ids` without special pieces (`<pad>`, `<eot>`, ...)."""
-    hidden = special_ids(tokenizer)
-    return tokenizer.decode([i for i in ids if i not in hidden])
 
 
 def predict_ids(model, prompt_ids: list[int], sampling, max_generate_length: int,

@@ -33,9 +33,9 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
 from pangu_zoo.errors import InputError
-from pangu_zoo.inference.predict import default_end_tokens, output_text
 from pangu_zoo.serving.chat import ChatTemplate, check_messages, get_template
 from pangu_zoo.serving.engine import QueueFull, Sampling
+from pangu_zoo.tokenizers.special import default_end_tokens, output_text
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("pangu_zoo.serving.access")
@@ -60,7 +60,7 @@ class Limits:
     """What one request may ask for. `max_prompt_tokens` None: the engine's context less one token."""
 
     max_prompt_tokens: int | None = None
-    max_new_tokens: int = 1024
+    max_tokens: int = 1024  # the largest max_tokens (max_generate_length) a request may ask for
     max_body_bytes: int = 1 << 20
     max_streams: int = 24  # generation requests open at once, streamed or not (each holds a server thread)
     max_instances: int = 16  # instances in one :predict request
@@ -421,7 +421,8 @@ class Service:
         self.model_name = model_name
         self.limits = limits
         self.chat_template = chat_template
-        self.end_ids = tuple(engine.end_ids) or default_end_tokens(tokenizer)
+        # the engine's end ids (an export's) and the tokenizer's <eot> and document separator
+        self.end_ids = tuple(dict.fromkeys((*engine.end_ids, *default_end_tokens(tokenizer))))
         self.metrics = Metrics()
         self.gate = Gate(limits.max_streams)
         self.created = int(time.time())
@@ -559,7 +560,7 @@ def _reference_routes(app: Flask, service: Service) -> None:
         text = _query_text("u")
         if not text.strip():
             raise ApiError(400, "u (the text to continue) is empty", param="u")
-        sampling = Sampling(max_tokens=min(Sampling.max_tokens, service.limits.max_new_tokens))
+        sampling = Sampling(max_tokens=min(Sampling.max_tokens, service.limits.max_tokens))
         ids = service.encode(text, "u")
         leave = service.gate.enter()
         generation = None
@@ -626,8 +627,8 @@ def _predict_instance(instance, number: int, service: Service) -> Instance:
     text = get_text(instance.get("input_sentence"), f"{where}.input_sentence")
     prompt = get_text(instance.get("prompt"), f"{where}.prompt", required=False)
     return_scores = get_bool(instance, "return_scores")
-    limit = min(Sampling.max_tokens, service.limits.max_new_tokens)
-    max_tokens = get_int(instance, "max_generate_length", limit, 1, service.limits.max_new_tokens)
+    limit = min(Sampling.max_tokens, service.limits.max_tokens)
+    max_tokens = get_int(instance, "max_generate_length", limit, 1, service.limits.max_tokens)
     prompt_ids = service.check_length(service.tokenizer.encode(prompt), f"{where}.prompt") if prompt else []
     return Instance(service.encode(text, f"{where}.input_sentence"), prompt_ids, return_scores, max_tokens)
 
@@ -680,7 +681,7 @@ def _openai_routes(app: Flask, service: Service) -> None:
         messages = _messages(body)
         prompt = service.chat_template.render(messages, service.tokenizer)
         prompt_ids = service.encode(prompt, "messages")
-        sampling, stops, stream = _openai_settings(body, service, default_max_tokens=service.limits.max_new_tokens,
+        sampling, stops, stream = _openai_settings(body, service, default_max_tokens=service.limits.max_tokens,
                                                    chat=True)
         stops = tuple(dict.fromkeys(stops + service.chat_template.stops(service.tokenizer)))
         return _answer(service, prompt_ids, sampling, stops, stream, _ChatShape(service), body)
@@ -747,7 +748,7 @@ def _openai_settings(body: dict, service: Service, default_max_tokens: int,
     model = body.get("model")
     if model is not None:
         get_text(model, "model")
-    limit = service.limits.max_new_tokens
+    limit = service.limits.max_tokens
     max_tokens = get_int(body, "max_tokens", None, 1, limit)
     if chat:
         max_tokens = get_int(body, "max_completion_tokens", max_tokens, 1, limit)

@@ -30,9 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pangu_zoo.checkpoint.loader import checkpoint_path, load_model
     from pangu_zoo.errors import ConfigError
-    from pangu_zoo.inference.predict import default_end_tokens, load_overrides, start_distributed
+    from pangu_zoo.inference.predict import load_overrides, start_distributed
     from pangu_zoo.serving.export import export_model
     from pangu_zoo.tokenizers import load_tokenizer, tokenizer_kind_for
+    from pangu_zoo.tokenizers.special import default_end_tokens
 
     if args.device_target:
         import mindspore as ms

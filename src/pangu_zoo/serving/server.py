@@ -73,11 +73,11 @@ def _interrupt(*_) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pangu_zoo.errors import ConfigError
-    from pangu_zoo.inference.predict import default_end_tokens, special_ids
     from pangu_zoo.serving.app import Limits, create_app
     from pangu_zoo.serving.engine import Engine
     from pangu_zoo.serving.wsgi import make_server
     from pangu_zoo.tokenizers import load_tokenizer, tokenizer_kind_for
+    from pangu_zoo.tokenizers.special import default_end_tokens, special_ids
 
     model, tokenizer_dir, kind, end_ids, name = load_served_model(args)
     tokenizer_path = args.tokenizer_path or tokenizer_dir

@@ -1,0 +1,35 @@
+"""Special pieces: the ids that end a generated text and the pieces that are never printed.
+
+predict.py, the server and the export all follow these rules, so they live with the tokenizers rather than
+in any one command.
+"""
+
+from __future__ import annotations
+
+from pangu_zoo.errors import InputError
+
+# pieces that mark structure, not text: never printed (PanGu-alpha's vocabulary, then GPT-2's)
+SPECIAL_PIECES = ("<s>", "</s>", "<sep>", "<pad>", "<eod>", "<eot>", "<|endoftext|>")
+
+
+def default_end_tokens(tokenizer) -> tuple[int, ...]:
+    """`<eot>` and the document separator (the same id for GPT-2): a model trained on separated documents
+    (the demo, PanGu-alpha's `<pad>` 6) ends a text with the separator, so stopping at `<eot>` alone runs on."""
+    return tuple(dict.fromkeys((tokenizer.eot_id, tokenizer.document_separator_id)))
+
+
+def special_ids(tokenizer) -> set[int]:
+    """Ids of the `SPECIAL_PIECES` this tokenizer's vocabulary has."""
+    found = set()
+    for piece in SPECIAL_PIECES:
+        try:
+            found.add(tokenizer.token_to_id(piece))
+        except InputError:
+            continue
+    return found
+
+
+def output_text(tokenizer, ids: list[int]) -> str:
+    """The decoded text of `ids` without special pieces (`<pad>`, `<eot>`, ...)."""
+    hidden = special_ids(tokenizer)
+    return tokenizer.decode([i for i in ids if i not in hidden])
