@@ -195,3 +195,13 @@ class RawStream:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def wait_for(condition, timeout: float = 30.0) -> bool:
+    """Poll `condition` until it holds; whether it did within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 import serving_fixtures
-from serving_fixtures import MODEL_NAME, RawStream, serve_app, sse_payloads
+from serving_fixtures import MODEL_NAME, RawStream, serve_app, sse_payloads, wait_for
 
 served = serving_fixtures.served
 PROMPT = "The meaning of life is"
@@ -261,6 +261,7 @@ def test_too_many_streams_is_429(served):
         finally:
             stream.close()
         assert served.wait_idle()
+        assert wait_for(lambda: app.extensions["pangu_zoo"].gate.open == 0), "the dropped stream kept its place"
         status, _, _ = serving_fixtures.http_request(url, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})
         assert status == 200
 
@@ -302,17 +303,31 @@ def test_dropped_stream_frees_its_slot(served):
 
 
 def test_one_log_line_per_request(served):
+    before = served.log.text().count("POST /v1/completions 200")
     completion(served, prompt=PROMPT, max_tokens=4, temperature=0)
-    lines = [line for line in served.log.text().splitlines() if "POST /v1/completions 200" in line]
-    assert lines and lines[-1].endswith("tokens=4")
+
+    def logged() -> list[str]:
+        return [line for line in served.log.text().splitlines() if "POST /v1/completions 200" in line]
+    # the line is written when waitress closes the response, which may be just after the client has read it
+    assert wait_for(lambda: len(logged()) == before + 1)
+    assert logged()[-1].endswith("tokens=4")
 
 
-def wait_for(condition, timeout: float = 30.0) -> bool:
-    import time
+def test_chat_prompt_follows_the_tokenizer_kind_and_takes_other_templates(served):
+    from conftest import shared_data
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
+    from pangu_zoo.errors import InputError
+    from pangu_zoo.serving.chat import ChatTemplate, chat_prompt, register_template
+    from pangu_zoo.tokenizers import load_tokenizer
+
+    messages = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"},
+                {"role": "user", "content": "今天天气如何？"}]
+    pangu = load_tokenizer("pangu-alpha", shared_data("pangu_tokenizer"))
+    assert chat_prompt(messages, pangu) == "用户：你好\n助手：你好！\n用户：今天天气如何？\n助手："
+    assert chat_prompt(messages, served.tokenizer).endswith("\nUser: 今天天气如何？\nAssistant:")
+    register_template(ChatTemplate("tagged", lambda turns, _: "".join(f"<{m['role']}>{m['content']}" for m in turns)))
+    assert chat_prompt(messages[:1], pangu, "tagged") == "<user>你好"
+    with pytest.raises(InputError):
+        chat_prompt(messages, pangu, "no such template")
+    with pytest.raises(InputError):
+        chat_prompt([{"role": "bot", "content": "x"}], pangu)
