@@ -33,6 +33,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
 from pangu_zoo.errors import InputError
+from pangu_zoo.evaluation.c3 import score_token_pairs
 from pangu_zoo.serving.chat import ChatTemplate, check_messages, get_template
 from pangu_zoo.serving.engine import QueueFull, Sampling
 from pangu_zoo.tokenizers.special import default_end_tokens, output_text
@@ -470,8 +471,6 @@ class Service:
 
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
         """Reference C3 scores, computed on the engine thread (it owns MindSpore)."""
-        from pangu_zoo.evaluation.c3 import score_token_pairs
-
         try:
             scores = self.engine.run_job(score_token_pairs, pairs, self.tokenizer.pad_id,
                                          timeout=self.limits.request_timeout)
