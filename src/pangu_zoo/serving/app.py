@@ -628,6 +628,11 @@ def _predict_instance(instance, number: int, service: Service) -> Instance:
     return_scores = get_bool(instance, "return_scores")
     limit = min(Sampling.max_tokens, service.limits.max_tokens)
     max_tokens = get_int(instance, "max_generate_length", limit, 1, service.limits.max_tokens)
+    if return_scores:  # scored as the reference: cut to the model's sequence length, as `pangu eval c3` does
+        input_ids = service.tokenizer.encode(text)
+        if not input_ids:
+            raise ApiError(400, f"{where}.input_sentence encodes to no tokens", param=f"{where}.input_sentence")
+        return Instance(input_ids, service.tokenizer.encode(prompt) if prompt else [], True, max_tokens)
     prompt_ids = service.check_length(service.tokenizer.encode(prompt), f"{where}.prompt") if prompt else []
     return Instance(service.encode(text, f"{where}.input_sentence"), prompt_ids, return_scores, max_tokens)
 
