@@ -181,3 +181,19 @@ def test_predict_stops_at_the_document_separator_and_prints_no_special_pieces(se
 
     sampling = reference_sampling(top_k_num=1, frequency_penalty=0.0, presence_penalty=0.0)
     assert predict_ids(from_pretrained(separator_model_dir), [11, 25], sampling, 5, end_token=9) == [6] * 5
+
+
+def test_top_k_draw_on_the_kept_tokens_equals_a_pass_over_the_vocabulary():
+    from pangu_zoo.inference.sampling import SamplingConfig, draw
+
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((64, 1000)) * 3
+    uniforms = rng.random(64)
+    for top_k, top_p in ((3, 1.0), (40, 0.9), (0, 0.7)):
+        config = SamplingConfig(do_sample=True, temperature=0.8, top_k=top_k, top_p=top_p)
+        # the whole vocabulary in token order, the tokens outside top-k and top-p at probability 0
+        filtered = filter_top_k_top_p(logits / 0.8, top_k, top_p)
+        probs = np.exp(filtered - filtered.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        expected = np.minimum((np.cumsum(probs, axis=-1) < uniforms[:, None]).sum(axis=-1), 999)
+        np.testing.assert_array_equal(draw(logits, config, uniforms), expected)

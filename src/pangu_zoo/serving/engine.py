@@ -25,14 +25,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 
 import numpy as np
 from mindspore import Tensor, ops
 
 from pangu_zoo.errors import InputError
 from pangu_zoo.inference.generation import DecodeState, IncrementalDecoder
-from pangu_zoo.inference.sampling import SamplingConfig, choose_next
+from pangu_zoo.inference.sampling import SamplingConfig, draw
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,6 @@ class _Row:
     request: Request
     config: SamplingConfig
     rng: np.random.Generator
-    counts: np.ndarray
     text: str = ""
 
 
@@ -101,6 +100,16 @@ class EngineStats:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     latencies: deque = field(default_factory=lambda: deque(maxlen=1000))
+
+
+def penalise_generated(scores: np.ndarray, generated: list[int], config: SamplingConfig) -> None:
+    """The reference penalties (`scores - count * frequency - (count > 0) * presence`, counting generated tokens)
+    applied in place to the tokens generated so far only: the others have count 0 and keep their score."""
+    if generated:
+        tokens, counts = np.unique(np.asarray(generated), return_counts=True)
+        # the same float32-then-float64 steps as `apply_penalties` on float32 logits
+        frequency = scores[tokens].astype(np.float32) - counts.astype(np.float32) * np.float32(config.frequency_penalty)
+        scores[tokens] = frequency.astype(np.float64) - config.presence_penalty
 
 
 class Engine:
@@ -257,9 +266,7 @@ class Engine:
         return True
 
     def _new_row(self, request: Request) -> _Row:
-        vocab = self.model.config.vocab_size
-        return _Row(request, request.sampling.config(), np.random.default_rng(request.sampling.seed),
-                    np.zeros((1, vocab), dtype=np.float32))
+        return _Row(request, request.sampling.config(), np.random.default_rng(request.sampling.seed))
 
     def _join(self, state: DecodeState) -> None:
         if self._state is None:
@@ -297,16 +304,38 @@ class Engine:
         self.stats.decode_seconds += time.perf_counter() - started
         self._emit(list(range(len(self._rows))), logits)
 
+    def _choose(self, positions: list[int], logits: np.ndarray) -> list[int]:
+        """The next token of each row in `positions`: rows with the same settings are sampled together (one
+        vectorised pass), each with a uniform number from its own generator."""
+        tokens = [0] * len(positions)
+        groups: dict[tuple, list[int]] = {}
+        for index, position in enumerate(positions):
+            config = self._rows[position].config
+            groups.setdefault(astuple(config), []).append(index)
+        for members in groups.values():
+            rows = [self._rows[positions[i]] for i in members]
+            config = rows[0].config
+            scores = logits[members]
+            if config.frequency_penalty or config.presence_penalty:
+                scores = scores.astype(np.float64)  # as `apply_penalties` gives them, so both choose alike
+                for j, row in enumerate(rows):
+                    penalise_generated(scores[j], row.request.generated, config)
+            if config.do_sample:
+                chosen = draw(scores, config, np.array([row.rng.random() for row in rows]))
+            else:
+                chosen = np.argmax(scores, axis=-1)
+            for i, token in zip(members, chosen, strict=True):
+                tokens[i] = int(token)
+        return tokens
+
     def _emit(self, positions: list[int], logits: np.ndarray) -> None:
         """Draw a token for each batch row in `positions` (logits row by row), stream it, retire done rows."""
         now = time.perf_counter()
-        for position, row_logits in zip(positions, logits, strict=True):
+        for position, token in zip(positions, self._choose(positions, logits), strict=True):
             row = self._rows[position]
             request = row.request
             if request.cancelled.is_set():
                 continue
-            token = int(choose_next(row_logits[None, :], row.config, row.rng, row.counts)[0])
-            row.counts[0, token] += 1
             request.generated.append(token)
             request.first_token_at = request.first_token_at or now
             self.stats.tokens += 1
