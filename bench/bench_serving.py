@@ -6,7 +6,8 @@ fp32, the GPT-2 tokenizer from ../shared/data/gpt2_bpe. Each request: a prompt o
 `--max_tokens` new tokens sampled with the reference defaults (top-k 3, penalties 1.5/0.3), streamed
 (`/v1/completions`, `stream: true`), so time to first token is measured as a client sees it.
 
-1. engine: `--clients` threads x `--requests` requests, each `Engine.submit` + waiting for its events;
+1. engine: `--clients` threads x `--requests` requests, each `Engine.submit` + waiting for its events (in a
+   process of its own, as the export: the process running the HTTP clients never loads MindSpore);
 2. server: the same load over HTTP against `pangu serve` (a separate process) with the same slots;
 3. one at a time: `pangu serve --slots 1` and one client (`--sequential_requests` requests).
 
@@ -183,6 +184,27 @@ def export_gpt2_small(folder: Path) -> Path:
     return export_model(ours, folder)
 
 
+def in_subprocess(args: argparse.Namespace, step: str, *extra: str) -> dict:
+    """Run one step (`export` or `engine`) in a process of its own: MindSpore's runtime threads stay busy for a
+    while after use, so the process that runs the HTTP clients must never load it."""
+    out = Path(tempfile.mkstemp(suffix=".json")[1])
+    command = [sys.executable, __file__, "--_step", step, "--_out", str(out), "--clients", str(args.clients),
+               "--requests", str(args.requests), "--prompt_tokens", str(args.prompt_tokens), "--max_tokens",
+               str(args.max_tokens), "--context", str(args.context), "--tokenizer_path", args.tokenizer_path, *extra]
+    subprocess.run(command, check=True)
+    return json.loads(out.read_text())
+
+
+def run_step(args: argparse.Namespace) -> None:
+    if args._step == "export":
+        result = {"export": str(export_gpt2_small(Path(args.export)))}
+    else:
+        ids = prompts(args.clients * args.requests, args.prompt_tokens)
+        result = measure_engine(Path(args.export), args.tokenizer_path, args.clients, args.context, args.clients,
+                                args.requests, ids, args.max_tokens)
+    Path(args._out).write_text(json.dumps(result))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=16)
@@ -194,15 +216,20 @@ def main() -> int:
     parser.add_argument("--tokenizer_path", default=str(DATA / "gpt2_bpe"))
     parser.add_argument("--export", help="an existing export (default: export GPT-2 small with random weights)")
     parser.add_argument("--json")
+    parser.add_argument("--_step", help=argparse.SUPPRESS)
+    parser.add_argument("--_out", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    export = Path(args.export) if args.export else export_gpt2_small(work)
+    if args._step:
+        run_step(args)
+        return 0
+    export = Path(args.export) if args.export else Path(
+        in_subprocess(args, "export", "--export", tempfile.mkdtemp(prefix="bench-serving-"))["export"])
     ids = prompts(args.clients * args.requests, args.prompt_tokens)
     load = (args.clients, args.requests, ids, args.max_tokens)
     results = {"config": vars(args), "cpu_count": os.cpu_count()}
     print(f"{args.clients} clients x {args.requests} requests, prompt {args.prompt_tokens}, {args.max_tokens} new "
           f"tokens each, {args.clients} slots", flush=True)
-    results["engine"] = measure_engine(export, args.tokenizer_path, args.clients, args.context, *load)
+    results["engine"] = in_subprocess(args, "engine", "--export", str(export))
     print("engine direct:", results["engine"], flush=True)
     results["server"] = measure_server(export, args.tokenizer_path, args.clients, args.context, *load)
     print("server:       ", results["server"], flush=True)

@@ -211,11 +211,20 @@ class Engine:
                 continue
 
     def _warm_up(self) -> None:
-        """Compile the graphs (batch 1) before the first request, so it does not wait for the compiler."""
+        """Compile the graphs before the first request: prefill, and decode at every batch size the slots allow
+        (a decode graph compiles once per batch size; compiling while serving would stall every stream)."""
         started = time.perf_counter()
-        logits, state = self.decoder.prefill([np.array([0, 1])], cache_len=self._cache_len())
-        self.decoder.step(np.array([int(np.argmax(logits[0]))]), state)
-        log.info("graphs compiled in %.1f s", time.perf_counter() - started)
+        logits, state = self.decoder.prefill([np.array([0, 1])] * self.slots, cache_len=self._cache_len())
+        tokens = np.argmax(logits, axis=-1)
+        for batch in range(self.slots, 0, -1):
+            rows = DecodeState(state.cache, state.lengths, state.visible)
+            if batch < self.slots:
+                index = Tensor(np.arange(batch, dtype=np.int32))
+                rows = DecodeState(tuple(ops.gather(t, index, 0) for t in state.cache), state.lengths[:batch],
+                                   state.visible[:batch])
+            self.decoder.step(tokens[:batch], rows)
+        log.info("graphs compiled in %.1f s (decode for batches of 1 to %d)", time.perf_counter() - started,
+                 self.slots)
 
     def _cache_len(self) -> int:
         return self.max_context

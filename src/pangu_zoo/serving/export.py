@@ -64,7 +64,8 @@ def signatures(config) -> dict[str, dict]:
     }
 
 
-def _placeholders(signature: dict) -> list:
+def placeholders(signature: dict) -> list:
+    """Tensors of a graph's input dtypes with None for each dynamic axis (a signature or a manifest entry)."""
     dtypes = {"int32": ms.int32, "bool": ms.bool_, **DTYPES}
     return [ms.Tensor(shape=shape, dtype=dtypes[dtype]) for _, dtype, shape in signature["inputs"]]
 
@@ -79,7 +80,7 @@ def _sha256(path: Path) -> str:
 
 def _export_graph(cell, signature: dict, folder: Path, stem: str) -> str:
     """Export one graph; return its `<stem>_graph.mindir` name (MindSpore names small files `<stem>.mindir`)."""
-    ms.export(cell, *_placeholders(signature), file_name=str(folder / stem), file_format="MINDIR")
+    ms.export(cell, *placeholders(signature), file_name=str(folder / stem), file_format="MINDIR")
     graph_file = folder / f"{stem}_graph.mindir"
     if not graph_file.exists():
         (folder / f"{stem}.mindir").rename(graph_file)
