@@ -51,15 +51,27 @@ def greedy(max_tokens, **settings):
     return Sampling(max_tokens=max_tokens, greedy=True, frequency_penalty=0.0, presence_penalty=0.0, **settings)
 
 
-def test_requests_joining_a_running_batch_decode_as_alone(engine):
-    prompts = [[11, 12, 13], [21, 22, 23, 24, 25, 6, 26], [31], [41, 42], [51, 52, 53, 54]]
-    lengths = [12, 5, 9, 3, 7]  # rows finish at different steps, so later requests join a running batch
+@pytest.mark.parametrize("slots", [2, 5])
+def test_requests_joining_a_running_batch_decode_as_alone(model, slots):
+    prompts = [[11, 12, 13], [21, 22, 23, 24, 25, 6, 26], [31], [41, 42], [51, 52, 53, 54], [61, 62]]
+    lengths = [12, 5, 9, 3, 7, 10]  # rows finish at different steps, so later requests join a running batch
+    engine = Engine(model, IdsAsText(), slots=slots, max_context=64, queue_limit=8, end_ids=(9,))
+    # 5 slots decode in batches of 1, 2, 4 or 5: 3 running rows are padded to 4
+    assert engine.decode_batches == ([1, 2] if slots == 2 else [1, 2, 4, 5])
+    engine.start()
+    try:
+        check_alone(engine, prompts, lengths)
+    finally:
+        engine.stop()
+
+
+def check_alone(engine, prompts, lengths):
     requests = [engine.submit(p, greedy(n, stop_ids=(10_000,))) for p, n in zip(prompts, lengths, strict=True)]
     results = [collect(r) for r in requests]
     for prompt, n, (ids, text, reason) in zip(prompts, lengths, results, strict=True):
         assert ids == alone(engine, prompt, n) and reason == "length"
         assert text.split() == [str(i) for i in ids]  # streamed text covers every token
-    assert engine.running == 0 and engine.stats.finished == 5
+    assert engine.running == 0 and engine.stats.finished == len(prompts)
 
 
 def test_each_request_keeps_its_own_settings(engine):

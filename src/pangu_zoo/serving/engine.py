@@ -127,6 +127,8 @@ class Engine:
         self.queue_limit = queue_limit
         self.end_ids = tuple(end_ids)
         self.hidden_ids = hidden_ids  # ids left out of the streamed text (special pieces)
+        # batch sizes decode is compiled for: powers of two up to the slots, and the slots
+        self.decode_batches = sorted({2 ** i for i in range(slots.bit_length()) if 2 ** i < slots} | {slots})
         self.decoder = IncrementalDecoder(model)
         self.stats = EngineStats()
         self._waiting: queue.Queue = queue.Queue()
@@ -211,20 +213,18 @@ class Engine:
                 continue
 
     def _warm_up(self) -> None:
-        """Compile the graphs before the first request: prefill, and decode at every batch size the slots allow
-        (a decode graph compiles once per batch size; compiling while serving would stall every stream)."""
+        """Compile the graphs before the first request: prefill, and decode at each of `decode_batches` (a decode
+        graph compiles once per batch size; compiling while serving would stall every stream)."""
         started = time.perf_counter()
         logits, state = self.decoder.prefill([np.array([0, 1])] * self.slots, cache_len=self._cache_len())
         tokens = np.argmax(logits, axis=-1)
-        for batch in range(self.slots, 0, -1):
-            rows = DecodeState(state.cache, state.lengths, state.visible)
-            if batch < self.slots:
-                index = Tensor(np.arange(batch, dtype=np.int32))
-                rows = DecodeState(tuple(ops.gather(t, index, 0) for t in state.cache), state.lengths[:batch],
-                                   state.visible[:batch])
+        for batch in self.decode_batches:
+            index = Tensor(np.arange(batch, dtype=np.int32))
+            rows = DecodeState(tuple(ops.gather(t, index, 0) for t in state.cache), state.lengths[:batch],
+                               state.visible[:batch])
             self.decoder.step(tokens[:batch], rows)
-        log.info("graphs compiled in %.1f s (decode for batches of 1 to %d)", time.perf_counter() - started,
-                 self.slots)
+        log.info("graphs compiled in %.1f s (decode for batches of %s)", time.perf_counter() - started,
+                 ", ".join(map(str, self.decode_batches)))
 
     def _cache_len(self) -> int:
         return self.max_context
@@ -277,30 +277,53 @@ class Engine:
     def _new_row(self, request: Request) -> _Row:
         return _Row(request, request.sampling.config(), np.random.default_rng(request.sampling.seed))
 
-    def _join(self, state: DecodeState) -> None:
-        if self._state is None:
-            self._state = state
+    def _batch_size(self, rows: int) -> int:
+        """The decode batch for `rows` requests: the smallest of `decode_batches` that holds them."""
+        return next(size for size in self.decode_batches if size >= rows)
+
+    def _rebuild(self, parts: list[tuple[DecodeState, list[int]]]) -> None:
+        """The batch state from the given rows of each state, then padding rows up to the decode batch size (their
+        outputs are ignored): decode is compiled for a few batch sizes only, since each compiled size holds its
+        own copy of the weights."""
+        rows = sum(len(index) for _, index in parts)
+        if rows == 0:
+            self._state = None
             return
-        old = self._state
-        cache = tuple(ops.concat((a, b), axis=0) for a, b in zip(old.cache, state.cache, strict=True))
-        self._state = DecodeState(cache, np.concatenate([old.lengths, state.lengths]),
-                                  np.concatenate([old.visible, state.visible]))
+        caches, lengths, visible = [], [], []
+        for state, index in parts:
+            whole = len(index) == state.lengths.shape[0] and index == list(range(len(index)))
+            picked = Tensor(np.array(index, dtype=np.int32))
+            caches.append(state.cache if whole else tuple(ops.gather(t, picked, 0) for t in state.cache))
+            lengths.append(state.lengths[index])
+            visible.append(state.visible[index])
+        padding = self._batch_size(rows) - rows
+        if padding:
+            first = caches[0][0]
+            zeros = Tensor(np.zeros((padding,) + tuple(first.shape[1:]), dtype=np.float32)).astype(first.dtype)
+            caches.append((zeros,) * len(caches[0]))
+            lengths.append(np.zeros(padding, dtype=lengths[0].dtype))
+            visible.append(np.zeros((padding, visible[0].shape[1]), dtype=bool))
+        if len(caches) == 1:
+            cache = caches[0]
+        else:
+            cache = tuple(ops.concat(layer, axis=0) for layer in zip(*caches, strict=True))
+        self._state = DecodeState(cache, np.concatenate(lengths), np.concatenate(visible))
+
+    def _join(self, state: DecodeState) -> None:
+        running = list(range(len(self._rows)))
+        parts = [(self._state, running)] if self._state is not None and running else []
+        self._rebuild(parts + [(state, list(range(state.lengths.shape[0])))])
 
     def _keep(self, keep: list[int]) -> None:
         """Drop every batch row not in `keep` (finished or cancelled requests free their slots)."""
-        if not keep:
-            self._rows, self._state = [], None
-            return
         if len(keep) == len(self._rows):
             return
-        index = Tensor(np.array(keep, dtype=np.int32))
-        old = self._state
-        cache = tuple(ops.gather(tensor, index, 0) for tensor in old.cache)
-        self._state = DecodeState(cache, old.lengths[keep], old.visible[keep])
+        self._rebuild([(self._state, keep)] if keep else [])
         self._rows = [self._rows[i] for i in keep]
 
     def _decode_step(self) -> None:
-        tokens = np.array([row.request.generated[-1] for row in self._rows])
+        tokens = np.zeros(self._state.lengths.shape[0], dtype=np.int64)
+        tokens[:len(self._rows)] = [row.request.generated[-1] for row in self._rows]
         started = time.perf_counter()
         try:
             logits, self._state = self.decoder.step(tokens, self._state)
@@ -311,7 +334,7 @@ class Engine:
             self._rows, self._state = [], None
             return
         self.stats.decode_seconds += time.perf_counter() - started
-        self._emit(list(range(len(self._rows))), logits)
+        self._emit(list(range(len(self._rows))), logits[:len(self._rows)])
 
     def _choose(self, positions: list[int], logits: np.ndarray) -> list[int]:
         """The next token of each row in `positions`: rows with the same settings are sampled together (one
