@@ -40,11 +40,11 @@ RELEASED_HIDDEN_ACT = "gelu"
 SLICE_DIR = "checkpoint_file"
 
 
-def _slice_dir(directory: Path) -> Path:
+def slice_dir(directory: Path) -> Path:
     return directory / SLICE_DIR if (directory / SLICE_DIR).is_dir() else directory
 
 
-def _slice_files(folder: Path) -> tuple[str, dict[int, Path]]:
+def slice_files(folder: Path) -> tuple[str, dict[int, Path]]:
     """The slice prefix used in `folder` and {rank: file}."""
     for prefix in SLICE_PREFIXES:
         found = {}
@@ -60,7 +60,7 @@ def _slice_files(folder: Path) -> tuple[str, dict[int, Path]]:
 def is_released_layout(directory: str | os.PathLike) -> bool:
     """True when `directory` holds released-style slices (`filerted_0.ckpt`, ...) directly or in checkpoint_file/."""
     directory = Path(directory)
-    return directory.is_dir() and bool(_slice_files(_slice_dir(directory))[1])
+    return directory.is_dir() and bool(slice_files(slice_dir(directory))[1])
 
 
 def find_strategy_file(directory: str | os.PathLike) -> Path:
@@ -81,7 +81,7 @@ def find_strategy_file(directory: str | os.PathLike) -> Path:
     )
 
 
-def _ranges(numbers: list[int]) -> str:
+def rank_ranges(numbers: list[int]) -> str:
     parts, start = [], None
     for i, n in enumerate(numbers):
         if start is None:
@@ -92,7 +92,7 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(parts)
 
 
-def _layout(strategy: dict[str, Any], name: str) -> tuple[list[int], list[int]]:
+def parameter_layout(strategy: dict[str, Any], name: str) -> tuple[list[int], list[int]]:
     layout = strategy[name]
     try:
         dev_matrix = [int(d) for d in layout.dev_matrix[0].dim]
@@ -105,7 +105,7 @@ def _layout(strategy: dict[str, Any], name: str) -> tuple[list[int], list[int]]:
     return dev_matrix, tensor_map
 
 
-def _slice_key(rank: int, dev_matrix: list[int], tensor_map: list[int]) -> tuple[int, ...]:
+def slice_key(rank: int, dev_matrix: list[int], tensor_map: list[int]) -> tuple[int, ...]:
     """Which slice of the parameter `rank` holds (MindSpore's tensor_map counts device dims from the right)."""
     coords = []
     for size in reversed(dev_matrix):
@@ -130,8 +130,8 @@ def merge_slices(directory: str | os.PathLike, strategy_file: str | os.PathLike 
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"released checkpoint directory {directory} does not exist")
-    folder = _slice_dir(directory)
-    prefix, files = _slice_files(folder)
+    folder = slice_dir(directory)
+    prefix, files = slice_files(folder)
     if not files:
         raise CheckpointError(f"{folder} has no slice files ({SLICE_PREFIXES[0]}0.ckpt, ...); "
                               "is this the released checkpoint_file folder?")
@@ -145,17 +145,17 @@ def merge_slices(directory: str | os.PathLike, strategy_file: str | os.PathLike 
     if not strategy:
         raise CheckpointError(f"strategy file {strategy_path} holds no parameter layouts")
 
-    layouts = {name: _layout(strategy, name) for name in strategy}
+    layouts = {name: parameter_layout(strategy, name) for name in strategy}
     num_ranks = max(int(np.prod(dev)) for dev, _ in layouts.values())
     missing = sorted(set(range(num_ranks)) - set(files))
     if missing:
         raise CheckpointError(
-            f"{folder} lacks slice files for rank(s) {_ranges(missing)} of {num_ranks} "
+            f"{folder} lacks slice files for rank(s) {rank_ranges(missing)} of {num_ranks} "
             f"(expected {prefix}0.ckpt ... {prefix}{num_ranks - 1}.ckpt, as the strategy {strategy_path.name} says)"
         )
     extra = sorted(set(files) - set(range(num_ranks)))
     if extra:
-        raise CheckpointError(f"{folder} has slices for rank(s) {_ranges(extra)} but the strategy "
+        raise CheckpointError(f"{folder} has slices for rank(s) {rank_ranges(extra)} but the strategy "
                               f"{strategy_path.name} describes only {num_ranks} ranks; is it the right strategy?")
 
     # One representative rank per distinct slice of each parameter; read only those files.
@@ -163,7 +163,7 @@ def merge_slices(directory: str | os.PathLike, strategy_file: str | os.PathLike 
     for name, (dev, tmap) in layouts.items():
         count = int(np.prod(dev))
         first: dict[tuple[int, ...], int] = {}
-        plans[name] = [first.setdefault(_slice_key(r, dev, tmap), r) for r in range(count)]
+        plans[name] = [first.setdefault(slice_key(r, dev, tmap), r) for r in range(count)]
     needed = sorted({0} | {r for plan in plans.values() for r in plan})
     slices = {rank: _read_slice(files[rank]) for rank in needed}
 
@@ -220,7 +220,7 @@ def read_released_weights(directory: str | os.PathLike, expected: dict[str, tupl
     model's parameters): the merged slices plus the embedding tables of the `.npy` files."""
     directory = Path(directory)
     weights = mindformers.state_from_mindformers(merge_slices(directory, strategy_file))
-    weights.update(read_embeddings(_slice_dir(directory), set(expected)))
+    weights.update(read_embeddings(slice_dir(directory), set(expected)))
     for name, value in weights.items():
         if name in expected and tuple(value.shape) != expected[name]:
             raise CheckpointError(
