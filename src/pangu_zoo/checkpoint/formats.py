@@ -10,8 +10,9 @@ writer (config + weights -> files); `pangu_zoo.checkpoint.convert` chains one fo
 * `write(config, weights, path, *, tp=1, tokenizer_path=None)` writes to `path` exactly (a file or a directory,
   as the format is), which the caller has chosen as a temporary name; it reads `weights` one name at a time.
 
-The formats of this package register themselves below; a format module of its own calls `register(Format(...))`
-when imported, and `convert.py` imports it.
+Each format module calls `register(Format(...))` when imported, and `convert.py` imports every format module, so
+the registry is full wherever conversions run. Writers that cannot split a model over tensor-parallel ranks call
+`refuse_tp`.
 """
 
 from __future__ import annotations
@@ -74,3 +75,8 @@ def require_config(config_hint: ModelConfig | None, fmt: str) -> ModelConfig:
     if config_hint is None:
         raise ConfigError(f"a {fmt} checkpoint carries no model config: pass --mode PRESET or --config FILE")
     return config_hint
+
+
+def refuse_tp(tp: int, fmt: str) -> None:
+    if tp != 1:
+        raise ConfigError(f"the {fmt} format holds one unsplit model; --tp {tp} is for the Megatron formats")
