@@ -19,6 +19,7 @@ Not supported: optimizer-sharded layouts (`opt_weight_shard_size > 1`) and pipel
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +124,24 @@ def _read_slice(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read slice {path}: {error}") from error
 
 
-def merge_slices(directory: str | os.PathLike, strategy_file: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
-    """Merge the per-rank slices of a released layout into `{mindformers/released name: full array}`."""
+@dataclass
+class SliceSet:
+    """The slice files of a released layout and its strategy, checked against each other."""
+
+    folder: Path
+    files: dict[int, Path]  # rank -> slice file
+    strategy_path: Path
+    strategy: dict[str, Any]  # MindSpore's build_searched_strategy of it
+    layouts: dict[str, tuple[list[int], list[int]]]  # name -> (device matrix, tensor map)
+    plans: dict[str, list[int]]  # name -> for each rank, the first rank holding the same slice
+
+    @property
+    def needed(self) -> list[int]:
+        """Rank 0 and one representative rank per distinct slice of each parameter: the only files read."""
+        return sorted({0} | {r for plan in self.plans.values() for r in plan})
+
+
+def open_slices(directory: str | os.PathLike, strategy_file: str | os.PathLike | None = None) -> SliceSet:
     import mindspore as ms
 
     directory = Path(directory)
@@ -158,14 +175,21 @@ def merge_slices(directory: str | os.PathLike, strategy_file: str | os.PathLike 
         raise CheckpointError(f"{folder} has slices for rank(s) {rank_ranges(extra)} but the strategy "
                               f"{strategy_path.name} describes only {num_ranks} ranks; is it the right strategy?")
 
-    # One representative rank per distinct slice of each parameter; read only those files.
     plans: dict[str, list[int]] = {}
     for name, (dev, tmap) in layouts.items():
         count = int(np.prod(dev))
         first: dict[tuple[int, ...], int] = {}
         plans[name] = [first.setdefault(slice_key(r, dev, tmap), r) for r in range(count)]
-    needed = sorted({0} | {r for plan in plans.values() for r in plan})
-    slices = {rank: _read_slice(files[rank]) for rank in needed}
+    return SliceSet(folder, files, strategy_path, strategy, layouts, plans)
+
+
+def merge_slices(directory: str | os.PathLike, strategy_file: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Merge the per-rank slices of a released layout into `{mindformers/released name: full array}`."""
+    import mindspore as ms
+
+    found = open_slices(directory, strategy_file)
+    files, strategy, plans, strategy_path = found.files, found.strategy, found.plans, found.strategy_path
+    slices = {rank: _read_slice(files[rank]) for rank in found.needed}
 
     merged: dict[str, np.ndarray] = {}
     for name, param in slices[0].items():
