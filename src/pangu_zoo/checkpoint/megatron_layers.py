@@ -1,0 +1,86 @@
+"""Zoo names <-> Megatron names for what the GPT-2 layout and the PanGu-alpha GPU port share (formats.md §4.2, §5.3).
+
+Within one transformer layer the LayerNorms map by name, and the three weights this project stores [in, out]
+(attention `projection`, FFN `mapping` and FFN `projection`) are transposed into torch's [out, in] (attention
+`dense`, `mlp.dense_h_to_4h`, `mlp.dense_4h_to_h`); biases map unchanged. Query/key/value differ between the
+families (fused and interleaved per head in GPT-2, separate in the port), so each family maps those itself.
+Megatron names here are flattened below `language_model.` (see `megatron_files`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from pangu_zoo.errors import CheckpointError
+
+WORD = "backbone.word_embedding.embedding_table"
+POSITION = "backbone.position_embedding.embedding_table"
+MEGATRON_WORD = "embedding.word_embeddings.weight"
+MEGATRON_POSITION = "embedding.position_embeddings.weight"
+
+# zoo name within a block -> (Megatron name within a layer, with {attention} for the attention module, transposed)
+_LAYER = {
+    "layernorm1.gamma": ("input_layernorm.weight", False),
+    "layernorm1.beta": ("input_layernorm.bias", False),
+    "layernorm2.gamma": ("post_attention_layernorm.weight", False),
+    "layernorm2.beta": ("post_attention_layernorm.bias", False),
+    "attention.projection.weight": ("{attention}.dense.weight", True),
+    "attention.projection.bias": ("{attention}.dense.bias", False),
+    "output.mapping.weight": ("mlp.dense_h_to_4h.weight", True),
+    "output.mapping.bias": ("mlp.dense_h_to_4h.bias", False),
+    "output.projection.weight": ("mlp.dense_4h_to_h.weight", True),
+    "output.projection.bias": ("mlp.dense_4h_to_h.bias", False),
+}
+FINAL_LAYERNORM = {"backbone.layernorm.gamma": "final_layernorm.weight",
+                   "backbone.layernorm.beta": "final_layernorm.bias"}
+
+
+def layer_to_megatron(weights: Mapping[str, np.ndarray], ours: str, theirs: str,
+                      attention: str) -> dict[str, np.ndarray]:
+    """One block's shared parameters: `ours` is the zoo prefix (`backbone.blocks.0.`), `theirs` Megatron's."""
+    out = {}
+    for name, (megatron, transposed) in _LAYER.items():
+        value = weights[ours + name]
+        out[theirs + megatron.format(attention=attention)] = value.T if transposed else value
+    return out
+
+
+class MegatronState:
+    """A merged Megatron state read name by name; what nobody asked for is reported as unexpected."""
+
+    def __init__(self, state: Mapping[str, np.ndarray], fmt: str) -> None:
+        self.state = state
+        self.fmt = fmt
+        self.used: set[str] = set()
+
+    def take(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        if name not in self.state:
+            raise CheckpointError(f"the {self.fmt} checkpoint lacks {name!r} (is it this family and size?)")
+        value = self.state[name]
+        if shape is not None and tuple(value.shape) != shape:
+            raise CheckpointError(f"{name} has shape {tuple(value.shape)} in the {self.fmt} checkpoint, "
+                                  f"expected {shape}")
+        self.used.add(name)
+        return value
+
+    def layer(self, theirs: str, ours: str, attention: str, hidden: int, ffn: int) -> dict[str, np.ndarray]:
+        """The zoo parameters of one block's shared part, shapes checked against the config."""
+        shapes = {"layernorm": (hidden,), "attention.projection.weight": (hidden, hidden),
+                  "attention.projection.bias": (hidden,), "output.mapping.weight": (hidden, ffn),
+                  "output.mapping.bias": (ffn,), "output.projection.weight": (ffn, hidden),
+                  "output.projection.bias": (hidden,)}
+        out = {}
+        for name, (megatron, transposed) in _LAYER.items():
+            shape = shapes.get(name, shapes["layernorm"])
+            expected = shape[::-1] if transposed else shape
+            value = self.take(theirs + megatron.format(attention=attention), expected)
+            out[ours + name] = np.ascontiguousarray(value.T) if transposed else value
+        return out
+
+    def check_all_used(self) -> None:
+        extra = sorted(set(self.state) - self.used)
+        if extra:
+            raise CheckpointError(f"unexpected weights in the {self.fmt} checkpoint (more layers than its config "
+                                  f"says, or another model): {extra[:5]}")
