@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("pangu_zoo.serving.export_cli", "export a model's graphs as MindIR for serving (export.py)"),
     "serve": ("pangu_zoo.serving.server", "serve a model over HTTP: chat page, reference routes, OpenAI API"),
     "dryrun": ("pangu_zoo.parallel.dryrun", "compile a sharded plan rank by rank without devices (simulation)"),
+    "convert": ("pangu_zoo.convert_cli", "convert a checkpoint between formats (zoo, hf-gpt2, mindformers, ...)"),
 }
 
 

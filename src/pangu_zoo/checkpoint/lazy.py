@@ -79,3 +79,10 @@ def param_dtype_of(weights: Mapping[str, np.ndarray]) -> str:
     are, float32 otherwise (a mix is widened to fp32, which holds every value of both exactly)."""
     stored = {spec.stored for name in weights if (spec := spec_of(weights, name)).dtype.kind == "f"}
     return stored.pop() if stored in ({"float16"}, {BFLOAT16}) else "float32"
+
+
+def stored_as(spec: TensorSpec, param_dtype: str) -> TensorSpec:
+    """How a writer that can store bf16 stores `spec`: the fp32 tensors of a bf16 model as bf16, the rest as
+    they are."""
+    stored = BFLOAT16 if param_dtype == BFLOAT16 and spec.dtype == np.float32 else spec.dtype.name
+    return TensorSpec(spec.shape, spec.dtype, stored)
