@@ -20,6 +20,21 @@ from waitress.server import create_server
 log = logging.getLogger(__name__)
 
 DEFAULT_THREADS = 32
+
+
+class _DisconnectDuringErrorFilter(logging.Filter):
+    """waitress 3.0.2 logs a traceback of its own when a client leaves while waitress answers a request it could
+    not parse (its disconnect message reads `request.path`, which such a request lacks): one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, AttributeError) and "'HTTPRequestParser' object has no attribute 'path'" in str(error):
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                "client disconnected while waitress answered a malformed request", (), None, None)
+        return True
+
+
+logging.getLogger("waitress").addFilter(_DisconnectDuringErrorFilter())
 CHANNEL_TIMEOUT = 300  # seconds a connection may stay silent (a slow stream still writes at every token)
 
 
