@@ -73,7 +73,8 @@ def check_shapes(config: ModelConfig, weights: Mapping[str, np.ndarray], src_for
         if missing:
             parts.append(f"lacks {len(missing)} parameter(s) the config has, e.g. {missing[0]} {expected[missing[0]]}")
         if extra:
-            parts.append(f"holds {len(extra)} the config has not, e.g. {extra[0]} {spec_of(weights, extra[0]).shape}")
+            shape = spec_of(weights, extra[0]).shape
+            parts.append(f"holds {len(extra)} parameter(s) the config has not, e.g. {extra[0]} {shape}")
         raise CheckpointError(f"the {src_format} checkpoint " + " and ".join(parts) + f" (the config has "
                               f"{config.num_layers} layers; another model size? check --mode/--config)")
 

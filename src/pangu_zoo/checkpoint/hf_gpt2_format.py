@@ -36,6 +36,8 @@ INDEX_NAME = "model.safetensors.index.json"
 TORCH_NAME = "pytorch_model.bin"
 PREFIX = "transformer."
 HEAD = "lm_head.weight"
+# OpenAI's names for the GPT-2 tokenizer files -> the ones transformers looks for
+TOKENIZER_RENAMES = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
 
 # HF name (without "transformer.") -> ours, for the tensors that are copied as they are
 TOP_LEVEL = {"wte.weight": WORD, "wpe.weight": POSITION,
@@ -254,7 +256,7 @@ def write(config: ModelConfig, weights: Weights, path: str | os.PathLike, *, tp:
                       lambda name: tensors[name][1](), metadata={"format": "pt"})
     (directory / CONFIG_NAME).write_text(json.dumps(hf_config(config), indent=2) + "\n", encoding="utf-8")
     if tokenizer_path is not None:
-        copy_tokenizer(tokenizer_path, directory)
+        copy_tokenizer(tokenizer_path, directory, TOKENIZER_RENAMES)
 
 
 FORMAT = register(Format("hf-gpt2", "Hugging Face GPT-2 folder (config.json + model.safetensors)", read, write))

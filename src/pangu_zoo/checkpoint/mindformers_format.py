@@ -3,7 +3,9 @@
 
 Our names differ from mindformers' only in the word and position tables, which mindformers nests under
 `backbone.embedding.`; reading also takes MSM's names and drops training state (`pangu_zoo.checkpoint.mindformers`)
-and the attention mask buffers that mindformers' GPT-2 converter may copy (`attention.beta`, `masked_beta`).
+the attention mask buffers that mindformers' GPT-2 converter may copy (`attention.beta`, `masked_beta`) and the
+run's bookkeeping MindSpore saves beside the weights (`epoch_num`, `step_num`, `learning_rate`: names without a
+dot, other than MSM's three tables).
 The file carries no config: `--mode`/`--config` give the model's shape, and the tensors' dtype its param_dtype.
 """
 
@@ -38,7 +40,7 @@ def read(path: str | os.PathLike, *, config_hint: ModelConfig | None = None) -> 
     specs, origin = {}, {}
     for name, spec in source.specs.items():
         ours = mindformers.map_name(name)
-        if ours is None or name.endswith(_MASK_BUFFERS):
+        if ours is None or name.endswith(_MASK_BUFFERS) or ("." not in name and name not in mindformers.RENAMES):
             continue
         if ours in specs:
             raise CheckpointError(f"{path} holds both {origin[ours]!r} and {name!r}, which are the same parameter "

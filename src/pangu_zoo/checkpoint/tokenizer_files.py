@@ -20,8 +20,15 @@ def tokenizer_sources(tokenizer_path: str | os.PathLike) -> list[Path]:
     return files
 
 
-def copy_tokenizer(tokenizer_path: str | os.PathLike, directory: Path) -> list[str]:
+def copy_tokenizer(tokenizer_path: str | os.PathLike, directory: Path,
+                   renames: dict[str, str] | None = None) -> list[str]:
+    """Copy the tokenizer's files into `directory`, renaming those `renames` names unless the new name is taken."""
     sources = tokenizer_sources(tokenizer_path)
+    names = {source.name for source in sources}
+    written = []
     for source in sources:
-        shutil.copyfile(source, directory / source.name)
-    return [source.name for source in sources]
+        target = (renames or {}).get(source.name, source.name)
+        target = source.name if target != source.name and target in names else target
+        shutil.copyfile(source, directory / target)
+        written.append(target)
+    return written
