@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 
 # every format module registers its formats when imported
-from pangu_zoo.checkpoint import hf_gpt2_format, mindformers_format, released_format, zoo_format  # noqa: F401
+from pangu_zoo.checkpoint import (  # noqa: F401
+    hf_gpt2_format,
+    megatron_gpt2,
+    megatron_pangu,
+    mindformers_format,
+    released_format,
+    zoo_format,
+)
 from pangu_zoo.checkpoint.bfloat16 import round_to_bf16
 from pangu_zoo.checkpoint.formats import get_format
 from pangu_zoo.checkpoint.lazy import BFLOAT16, LazyWeights, TensorSpec, spec_of
