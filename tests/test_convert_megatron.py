@@ -17,9 +17,11 @@ torch = pytest.importorskip("torch")
 from megatron_reference import load_ranks, megatron_logits  # noqa: E402
 
 from pangu_zoo.checkpoint import megatron_gpt2, megatron_pangu  # noqa: E402
+from pangu_zoo.checkpoint.convert import convert  # noqa: E402
 from pangu_zoo.checkpoint.megatron_config import Shapes, config_from_checkpoint  # noqa: E402
 from pangu_zoo.checkpoint.tensor_parallel import merge_states, padded_vocab_size, partition_dim, split_state  # noqa: E402
 from pangu_zoo.errors import CheckpointError, ConfigError  # noqa: E402
+from pangu_zoo.models import from_pretrained  # noqa: E402
 
 FORMATS = {"gpt2": megatron_gpt2, "pangu_alpha": megatron_pangu}
 FIXTURES = {"gpt2": "tiny_gpt2", "pangu_alpha": "tiny_pangu"}
@@ -168,6 +170,22 @@ def test_the_reference_notices_a_wrong_qkv_order(tiny_gpt2, tmp_path):
     assert np.abs(wrong - tiny_gpt2.forward_logits(ids)).max() > 1e-2
 
 
+def test_gpu_port_workflow_through_convert(tiny_pangu, tmp_path):
+    """zoo -> megatron-pangu TP 2 -> (Megatron would train here) -> merged back to zoo: the same model."""
+    weights = _random_weights(tiny_pangu, 9)
+    tiny_pangu.load_state_dict(weights)
+    tiny_pangu.save_pretrained(tmp_path / "zoo")
+    convert("zoo", "megatron-pangu", tmp_path / "zoo", tmp_path / "tp2", tp=2, progress=False)
+    assert len(_shard_files(tmp_path / "tp2")) == 2
+    convert("megatron-pangu", "megatron-pangu", tmp_path / "tp2", tmp_path / "tp1", tp=1, progress=False)
+    convert("megatron-pangu", "zoo", tmp_path / "tp1", tmp_path / "back", progress=False)
+    back = from_pretrained(tmp_path / "back")
+    assert back.config == tiny_pangu.config
+    _assert_same(back.state_dict(), weights)
+    ids = np.arange(10).reshape(1, 10)
+    assert np.array_equal(back.forward_logits(ids), tiny_pangu.forward_logits(ids))
+
+
 # ---- other layouts read ---------------------------------------------------------------------------------------------
 
 def test_reads_the_ports_iteration_layout_without_args(tiny_pangu, tmp_path):
@@ -249,6 +267,30 @@ def test_damaged_file_is_a_clear_error(written_gpt2, damage):
                       "empty": b""}[damage])
     with pytest.raises(CheckpointError, match=r"mp_rank_01.*truncated or corrupt"):
         megatron_gpt2.read(written_gpt2, config_hint=None)
+
+
+def test_convert_leaves_nothing_behind_on_errors(written_gpt2, tmp_path, monkeypatch):
+    file = _shard_files(written_gpt2)[1]
+    file.write_bytes(file.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        convert("megatron-gpt2", "zoo", written_gpt2, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["megatron"]
+
+
+def test_a_failed_write_leaves_nothing_behind(tiny_gpt2, tmp_path, monkeypatch):
+    tiny_gpt2.save_pretrained(tmp_path / "zoo")
+    real_save, calls = torch.save, []
+
+    def failing_save(obj, file):  # the second rank's file fails, e.g. a full disk
+        calls.append(file)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_save(obj, file)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(CheckpointError, match="No space left"):
+        convert("zoo", "megatron-gpt2", tmp_path / "zoo", tmp_path / "out", tp=2, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["zoo"]
 
 
 class _RunsCode:

@@ -6,7 +6,8 @@ Megatron saves its command-line arguments with the weights, and its loader check
 the GPU port (Megatron 1.1) calls tensor parallelism `model_parallel_size`, so both names are written.
 
 Reading, the shape comes from the saved args and the tensors; a config given by the user (--mode / --config)
-supplies what Megatron does not store (the unpadded vocabulary, token ids, dtypes) and must agree with both.
+supplies what Megatron does not store (the unpadded vocabulary, token ids, dropout) and must agree with both;
+the dtype is the tensors' own.
 Without args (the port's own converter saves none) the config must be given: the head count is in no tensor.
 Saved args that change the math this model computes are refused.
 """
@@ -147,7 +148,7 @@ def config_from_checkpoint(family: Family, hint: ModelConfig | None, args: Mappi
         if hint.family != family.name:
             raise ConfigError(f"{family.fmt} holds a {family.name} model, but the given config is {hint.family}")
         _compare(found, hint, family.fmt)
-        return hint
+        return hint.replace(param_dtype=shapes.param_dtype)  # the dtype the tensors are in, whatever a preset says
     if found["num_heads"] is None:
         raise ConfigError(f"the {family.fmt} checkpoint saved no args, so its head count is unknown: pass "
                           "--mode PRESET or --config FILE")
