@@ -55,3 +55,11 @@ def run(args: argparse.Namespace) -> int:
             config_hint=config_hint(args.mode, args.config), tokenizer_path=args.tokenizer_path,
             progress=not args.no_progress)
     return 0
+
+
+if __name__ == "__main__":  # `python -m pangu_zoo.convert_cli`: the command without the other subcommands' imports
+    import sys
+
+    from pangu_zoo.cli import run_command
+
+    sys.exit(run_command("pangu_zoo.convert_cli", "pangu convert"))

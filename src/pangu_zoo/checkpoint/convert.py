@@ -52,7 +52,7 @@ class ConversionSummary:
 
     def line(self) -> str:
         return (f"converted {self.src_format} -> {self.dst_format}: {self.parameters:,} parameters, "
-                f"{self.bytes:,} bytes, {self.seconds:.1f} s -> {self.dst}")
+                f"{self.bytes:,} bytes, {self.seconds:.2f} s -> {self.dst}")
 
 
 def check_against_hint(config: ModelConfig, hint: ModelConfig | None, src_format: str) -> None:
