@@ -3,7 +3,9 @@ transformers' own `from_pretrained` / `save_pretrained` of the same GPT-2.
 
 Each conversion runs in a process of its own (`python -m pangu_zoo.convert_cli ... --mode PRESET`, the `pangu
 convert` command without the parser of every other subcommand), and its peak resident memory is that child's
-`ru_maxrss` (from `os.wait4`), so one row's memory never includes another's. Rows are table-driven:
+`ru_maxrss` (from `os.wait4`), so one row's memory never includes another's. Linux carries a parent's peak RSS
+into the children it starts (the high-water mark survives `exec`), so the random source checkpoints are made in
+child processes too and this process stays small. Rows are table-driven:
 `PAIRS` lists, per model preset, the (source format, destination format) conversions to time, in order; a pair's
 source is the random zoo checkpoint or the output of an earlier pair that wrote that format.
 
@@ -26,7 +28,7 @@ from common import write_json
 
 PAIRS: dict[str, list[tuple[str, str]]] = {
     "gpt2": [("zoo", "hf-gpt2"), ("hf-gpt2", "zoo"), ("zoo", "mindformers"), ("mindformers", "zoo")],
-    "pangu_alpha_350m": [("zoo", "mindformers"), ("mindformers", "zoo")],
+    "pangu_alpha_350m": [("zoo", "mindformers"), ("mindformers", "zoo"), ("released", "zoo")],
 }
 # formats written as one file; the others are folders
 FILE_SUFFIX = {"mindformers": ".ckpt"}
@@ -83,11 +85,35 @@ def write_random_zoo(preset: str, directory: Path) -> None:
     zoo_format.write(config, weights, directory)
 
 
+def write_random_released(preset: str, directory: Path) -> None:
+    """The released layout of `preset`'s shape, random weights, as the released-checkpoint tests build it: four
+    ranks (2-way data x 2-way model parallel) of MindSpore slices + strategy file + the three .npy tables."""
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_released_checkpoint import write_released
+
+    from pangu_zoo.checkpoint.parameter_shapes import parameter_shapes
+    from pangu_zoo.config import get_preset
+
+    rng = np.random.default_rng(0)
+    shapes = parameter_shapes(get_preset(preset))
+    write_released(directory, {name: rng.standard_normal(shape, dtype=np.float32) * 0.02
+                               for name, shape in shapes.items()})
+
+
+# sources that `pangu convert` cannot write: made here
+SOURCE_MAKERS = {"zoo": write_random_zoo, "released": write_random_released}
+
+
 def convert_rows(preset: str, root: Path) -> list[dict]:
-    outputs = {"zoo": root / "zoo"}
-    write_random_zoo(preset, outputs["zoo"])
+    outputs: dict[str, Path] = {}
     rows = []
     for src_format, dst_format in PAIRS[preset]:
+        if src_format not in outputs:
+            outputs[src_format] = root / src_format
+            subprocess.run([sys.executable, __file__, "--make", src_format, preset, str(outputs[src_format])],
+                           check=True, stdout=subprocess.DEVNULL)
         src = outputs[src_format]
         dst = root / f"{src_format}-to-{dst_format}{FILE_SUFFIX.get(dst_format, '')}"
         command = [sys.executable, "-m", "pangu_zoo.convert_cli", src_format, dst_format, "--src", str(src),
@@ -130,7 +156,12 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(PAIRS), help="comma-separated presets among " + ", ".join(PAIRS))
     parser.add_argument("--workdir", default=None, help="where the checkpoints go (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--make", nargs=3, metavar=("FORMAT", "PRESET", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make:  # a source checkpoint, in a process of its own
+        fmt, preset, directory = args.make
+        SOURCE_MAKERS[fmt](preset, Path(directory))
+        return 0
 
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_convert."))
     root.mkdir(parents=True, exist_ok=True)
