@@ -149,6 +149,20 @@ def test_pytorch_bin_is_read_with_weights_only(hf_model, tmp_path):
                           expected["transformer.h.1.attn.c_attn.weight"][:, 32:64].T)
 
 
+def test_without_torch_a_bin_asks_for_the_extra_and_safetensors_still_convert(hf_model, hf_dir, tmp_path,
+                                                                             monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    convert("hf-gpt2", "zoo", hf_dir, tmp_path / "zoo", progress=False)
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "config.json").write_text(hf_model.config.to_json_string())
+    (folder / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(CheckpointError, match=r"needs torch \(pip install 'pangu-zoo\[torch\]'\)"):
+        convert("hf-gpt2", "zoo", folder, tmp_path / "zoo2", progress=False)
+
+
 class _RunsCode:
     def __reduce__(self):
         return (os.system, ("touch pwned",))

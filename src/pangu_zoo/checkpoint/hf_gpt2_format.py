@@ -58,8 +58,8 @@ def _torch_weights(path: Path) -> LazyWeights:
     try:
         import torch
     except ImportError as error:
-        raise CheckpointError(f"{path} is a PyTorch pickle and reading it needs torch (pip install torch), "
-                              f"or give a folder with {WEIGHTS_NAME}") from error
+        raise CheckpointError(f"{path} is a PyTorch pickle and reading it needs torch "
+                              f"(pip install 'pangu-zoo[torch]'), or give a folder with {WEIGHTS_NAME}") from error
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
