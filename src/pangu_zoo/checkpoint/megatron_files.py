@@ -20,8 +20,9 @@ checkpoint carries weights only: Megatron starts it at iteration 0 and looks for
 tracker is written last, so a directory left half-written is not one Megatron would load.
 
 Names inside a shard are flattened with dots below `language_model.` (`embedding.word_embeddings.weight`,
-`encoder.layers.0.input_layernorm.weight`, ...). torch is imported inside the functions only: the package
-imports without it.
+`encoder.layers.0.input_layernorm.weight`, ...). Arrays share the tensors' memory (zip-format files are
+memory-mapped); bf16 tensors travel as their uint16 bit patterns, since NumPy has no bf16. torch is imported
+inside the functions only: the package imports without it.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class MegatronCheckpoint:
     args: dict[str, Any] = field(default_factory=dict)
     version: float | None = None
     files: list[Path] = field(default_factory=list)
-    param_dtype: str = "float32"  # the widest-spread floating dtype of the files (bfloat16 is read as float32)
+    param_dtype: str = "float32"  # the floating dtype holding most elements (bf16 shards hold uint16 bits)
 
 
 def _torch():
@@ -179,8 +180,10 @@ def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def _to_numpy(tensor) -> np.ndarray:
-    if tensor.dtype == _torch().bfloat16:  # numpy has no bfloat16; float32 holds every bfloat16 value exactly
-        tensor = tensor.float()
+    """The tensor's memory as an array (no copy); bf16 as its uint16 bit patterns, since NumPy has no bf16."""
+    torch = _torch()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(np.uint16)
     return tensor.numpy()
 
 
@@ -234,40 +237,38 @@ def read_checkpoint(path: str | Path) -> MegatronCheckpoint:
     return checkpoint
 
 
-def _to_torch(array: np.ndarray, bfloat16: bool):
-    """A tensor of `array`; float32 stored as bfloat16 when `bfloat16` (this project holds bf16 values in fp32)."""
+def _to_torch(array: np.ndarray):
+    """A tensor sharing `array`'s memory when it is contiguous; uint16 arrays are bf16 bit patterns."""
     torch = _torch()
     array = np.ascontiguousarray(array)
-    if array.dtype.name == "bfloat16":  # an extension dtype torch.from_numpy does not know: pass the bits
+    if array.dtype == np.uint16 or array.dtype.name == "bfloat16":
         return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
-    tensor = torch.from_numpy(array)
-    return tensor.to(torch.bfloat16) if bfloat16 and tensor.dtype == torch.float32 else tensor
+    return torch.from_numpy(array)
 
 
-def _nest(flat: Mapping[str, np.ndarray], bfloat16: bool) -> dict[str, Any]:
+def _nest(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Megatron's nesting of a flattened shard: `{'language_model': {'embedding': {'word_embeddings': {...}}}}`."""
     language_model: dict[str, Any] = {}
     for name, value in flat.items():
         group, rest = name.split(".", 1)
         if group in _FLAT_GROUPS:
-            language_model.setdefault(group, {})[rest] = _to_torch(value, bfloat16)
+            language_model.setdefault(group, {})[rest] = _to_torch(value)
         else:
             module, parameter = rest.rsplit(".", 1)
-            language_model.setdefault(group, {}).setdefault(module, {})[parameter] = _to_torch(value, bfloat16)
+            language_model.setdefault(group, {}).setdefault(module, {})[parameter] = _to_torch(value)
     return {"language_model": language_model}
 
 
 def write_checkpoint(directory: str | Path, shards: Iterable[Mapping[str, np.ndarray]], args: Mapping[str, Any],
-                     version: float | None, *, bfloat16: bool = False) -> None:
+                     version: float | None) -> None:
     """A release checkpoint in `directory`: one `release/mp_rank_XX/model_optim_rng.pt` per shard, then the tracker.
-    With `bfloat16`, float32 arrays are stored as bfloat16 tensors."""
+    uint16 arrays are stored as the bf16 tensors whose bits they hold."""
     torch = _torch()
     directory = Path(directory)
     for rank, shard in enumerate(shards):
         file = directory / RELEASE / f"mp_rank_{rank:02d}" / SHARD_FILE
         file.parent.mkdir(parents=True, exist_ok=True)
-        saved: dict[str, Any] = {"args": argparse.Namespace(**args), "iteration": 0,
-                                 "model": _nest(shard, bfloat16)}
+        saved: dict[str, Any] = {"args": argparse.Namespace(**args), "iteration": 0, "model": _nest(shard)}
         if version is not None:
             saved["checkpoint_version"] = version
         with atomic_path(file) as tmp:

@@ -20,11 +20,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from pangu_zoo.checkpoint.deferred import Tensor, then
 from pangu_zoo.checkpoint.formats import Format, register
+from pangu_zoo.checkpoint.lazy import LazyWeights
 from pangu_zoo.checkpoint.megatron_config import Family, Shapes, check_writable, config_from_checkpoint, megatron_args
 from pangu_zoo.checkpoint.megatron_files import MegatronCheckpoint, read_checkpoint, write_checkpoint
 from pangu_zoo.checkpoint.megatron_layers import (
@@ -35,8 +38,11 @@ from pangu_zoo.checkpoint.megatron_layers import (
     WORD,
     MegatronState,
     layer_to_megatron,
+    lazy_weights,
+    stored,
 )
-from pangu_zoo.checkpoint.tensor_parallel import merge_states, pad_rows, padded_vocab_size, split_state
+from pangu_zoo.checkpoint.parameter_shapes import parameter_shapes
+from pangu_zoo.checkpoint.tensor_parallel import merge_lazily, pad_rows, padded_vocab_size, split_state
 from pangu_zoo.config import ModelConfig
 from pangu_zoo.errors import CheckpointError
 
@@ -53,10 +59,10 @@ def fuse_qkv(query: np.ndarray, key: np.ndarray, value: np.ndarray, heads: int) 
     return np.stack(per_head, axis=1).reshape(-1, *query.shape[1:])
 
 
-def split_qkv(fused: np.ndarray, heads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The inverse of `fuse_qkv`: query, key and value [h, ...]."""
+def qkv_part(fused: np.ndarray, heads: int, part: int) -> np.ndarray:
+    """Query (part 0), key (1) or value (2) [h, ...] out of a fused QKV tensor: the inverse of `fuse_qkv`."""
     grouped = fused.reshape(heads, 3, -1, *fused.shape[1:])
-    return tuple(np.ascontiguousarray(grouped[:, j].reshape(-1, *fused.shape[1:])) for j in range(3))
+    return np.ascontiguousarray(grouped[:, part]).reshape(-1, *fused.shape[1:])
 
 
 def current_qkv_order(fused: np.ndarray, version: float, heads: int, tp: int) -> np.ndarray:
@@ -75,31 +81,39 @@ def current_qkv_order(fused: np.ndarray, version: float, heads: int, tp: int) ->
 
 
 def to_megatron(config: ModelConfig, weights: Mapping[str, np.ndarray], padded_vocab: int) -> dict[str, np.ndarray]:
-    """The full (one-rank) Megatron state of a zoo GPT-2, word table padded to `padded_vocab` rows."""
-    state = {MEGATRON_WORD: pad_rows(weights[WORD], padded_vocab), MEGATRON_POSITION: weights[POSITION]}
+    """The full (one-rank) Megatron state of a zoo GPT-2, word table padded to `padded_vocab` rows; bf16 models'
+    tensors as bf16 bits. Each source tensor is read once and can be dropped after."""
+    bf16 = config.param_dtype == "bfloat16"
+    state = {MEGATRON_WORD: stored(pad_rows(weights[WORD], padded_vocab), bf16),
+             MEGATRON_POSITION: stored(weights[POSITION], bf16)}
     for i in range(config.num_blocks):
         ours, theirs = f"backbone.blocks.{i}.", f"encoder.layers.{i}."
         for kind in ("weight", "bias"):
             qkv = [weights[f"{ours}attention.dense{j}.{kind}"] for j in (1, 2, 3)]
-            state[f"{theirs}self_attention.query_key_value.{kind}"] = fuse_qkv(*qkv, config.num_heads)
-        state.update(layer_to_megatron(weights, ours, theirs, "self_attention"))
-    state.update({"encoder." + theirs: weights[ours] for ours, theirs in FINAL_LAYERNORM.items()})
+            state[f"{theirs}self_attention.query_key_value.{kind}"] = stored(fuse_qkv(*qkv, config.num_heads), bf16)
+        state.update(layer_to_megatron(weights, ours, theirs, "self_attention", bf16))
+    state.update({"encoder." + theirs: stored(weights[ours], bf16) for ours, theirs in FINAL_LAYERNORM.items()})
     return state
 
 
-def from_megatron(config: ModelConfig, merged: Mapping[str, np.ndarray], version: float, tp: int,
-                  ) -> dict[str, np.ndarray]:
-    """Zoo weights from a merged Megatron GPT-2 state (the padding rows dropped)."""
+def from_megatron(config: ModelConfig, merged: Mapping[str, Tensor], version: float,
+                  tp: int) -> dict[str, Tensor]:
+    """Zoo weights from a merged Megatron GPT-2 state (the padding rows dropped), the cut-out and transposed ones
+    made when asked for."""
     state = MegatronState(merged, NAME)
-    h, vocab = config.hidden_size, config.vocab_size
-    out = {WORD: state.take(MEGATRON_WORD)[:vocab],
-           POSITION: state.take(MEGATRON_POSITION, (config.max_position_embeddings, h))}
+    h, vocab, heads = config.hidden_size, config.vocab_size, config.num_heads
+    out: dict[str, Tensor] = {
+        WORD: then(state.take(MEGATRON_WORD), lambda rows: rows[:vocab], (vocab, h)),
+        POSITION: state.take(MEGATRON_POSITION, (config.max_position_embeddings, h))}
     for i in range(config.num_blocks):
         ours, theirs = f"backbone.blocks.{i}.", f"encoder.layers.{i}.self_attention.query_key_value."
         for kind, shape in (("weight", (3 * h, h)), ("bias", (3 * h,))):
-            fused = current_qkv_order(state.take(theirs + kind, shape), version, config.num_heads, tp)
-            for j, part in enumerate(split_qkv(fused, config.num_heads), start=1):
-                out[f"{ours}attention.dense{j}.{kind}"] = part
+            fused = state.take(theirs + kind, shape)
+            if version < 2.0:
+                fused = then(fused, partial(current_qkv_order, version=version, heads=heads, tp=tp))
+            for j in (1, 2, 3):
+                out[f"{ours}attention.dense{j}.{kind}"] = then(fused, partial(qkv_part, heads=heads, part=j - 1),
+                                                               (h, *shape[1:]))
         out.update(state.layer(f"encoder.layers.{i}.", ours, "self_attention", h, config.ffn_hidden_size))
     out.update({ours: state.take("encoder." + theirs, (h,)) for ours, theirs in FINAL_LAYERNORM.items()})
     state.check_all_used()
@@ -116,10 +130,10 @@ def _current_names(shard: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def _shapes(merged: Mapping[str, np.ndarray], checkpoint: MegatronCheckpoint) -> Shapes:
+def _shapes(merged: Mapping[str, Tensor], checkpoint: MegatronCheckpoint) -> Shapes:
     word = merged.get(MEGATRON_WORD)
     position = merged.get(MEGATRON_POSITION)
-    if word is None or position is None or word.ndim != 2 or position.ndim != 2:
+    if word is None or position is None or len(word.shape) != 2 or len(position.shape) != 2:
         raise CheckpointError(f"{checkpoint.files[0]} holds no {NAME} embeddings ({MEGATRON_WORD}, "
                               f"{MEGATRON_POSITION}); is it a GPT model?")
     layers = {int(m.group(1)) for name in merged if (m := _LAYER.match(name))}
@@ -130,13 +144,13 @@ def _shapes(merged: Mapping[str, np.ndarray], checkpoint: MegatronCheckpoint) ->
                   param_dtype=checkpoint.param_dtype)
 
 
-def read(path: str | os.PathLike, *, config_hint: ModelConfig | None) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+def read(path: str | os.PathLike, *, config_hint: ModelConfig | None) -> tuple[ModelConfig, LazyWeights]:
     checkpoint = read_checkpoint(path)
     tp = len(checkpoint.shards)
-    merged = merge_states([_current_names(shard) for shard in checkpoint.shards])
+    merged = merge_lazily([_current_names(shard) for shard in checkpoint.shards])
     config = config_from_checkpoint(FAMILY, config_hint, checkpoint.args, _shapes(merged, checkpoint), tp)
     version = checkpoint.version if checkpoint.version is not None else 0
-    return config, from_megatron(config, merged, version, tp)
+    return config, lazy_weights(from_megatron(config, merged, version, tp), list(parameter_shapes(config)))
 
 
 def write(config: ModelConfig, weights: Mapping[str, np.ndarray], path: str | os.PathLike, *, tp: int = 1,
@@ -147,7 +161,7 @@ def write(config: ModelConfig, weights: Mapping[str, np.ndarray], path: str | os
     padded = padded_vocab_size(config.vocab_size, FAMILY.vocab_divisible_by, tp)
     state = to_megatron(config, weights, padded)
     write_checkpoint(Path(path), split_state(state, tp), megatron_args(config, FAMILY, tp, padded),
-                     CHECKPOINT_VERSION, bfloat16=config.param_dtype == "bfloat16")
+                     CHECKPOINT_VERSION)
 
 
 FORMAT = register(Format(NAME, "GPT-2 in Megatron-LM's layout (mp_rank_XX/model_optim_rng.pt per tensor-parallel "

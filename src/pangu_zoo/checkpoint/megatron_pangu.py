@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pangu_zoo.checkpoint.deferred import Tensor, then
 from pangu_zoo.checkpoint.formats import Format, register
+from pangu_zoo.checkpoint.lazy import LazyWeights
 from pangu_zoo.checkpoint.megatron_config import Family, Shapes, check_writable, config_from_checkpoint, megatron_args
 from pangu_zoo.checkpoint.megatron_files import MegatronCheckpoint, read_checkpoint, write_checkpoint
 from pangu_zoo.checkpoint.megatron_layers import (
@@ -40,8 +42,11 @@ from pangu_zoo.checkpoint.megatron_layers import (
     WORD,
     MegatronState,
     layer_to_megatron,
+    lazy_weights,
+    stored,
 )
-from pangu_zoo.checkpoint.tensor_parallel import merge_states, pad_rows, padded_vocab_size, split_state
+from pangu_zoo.checkpoint.parameter_shapes import parameter_shapes
+from pangu_zoo.checkpoint.tensor_parallel import merge_lazily, pad_rows, padded_vocab_size, split_state
 from pangu_zoo.config import ModelConfig
 from pangu_zoo.errors import CheckpointError
 
@@ -61,24 +66,28 @@ def _layers(config: ModelConfig) -> list[tuple[str, str]]:
 
 
 def to_megatron(config: ModelConfig, weights: Mapping[str, np.ndarray], padded_vocab: int) -> dict[str, np.ndarray]:
-    """The full (one-rank) GPU-port state of a zoo PanGu-alpha, word table padded to `padded_vocab` rows."""
-    state = {MEGATRON_WORD: pad_rows(weights[WORD], padded_vocab), MEGATRON_POSITION: weights[POSITION],
-             MEGATRON_TOP_QUERY: weights[TOP_QUERY]}
+    """The full (one-rank) GPU-port state of a zoo PanGu-alpha, word table padded to `padded_vocab` rows; bf16
+    models' tensors as bf16 bits. Each source tensor is read once and can be dropped after."""
+    bf16 = config.param_dtype == "bfloat16"
+    state = {MEGATRON_WORD: stored(pad_rows(weights[WORD], padded_vocab), bf16),
+             MEGATRON_POSITION: stored(weights[POSITION], bf16), MEGATRON_TOP_QUERY: stored(weights[TOP_QUERY], bf16)}
     for ours, theirs in _layers(config):
         for dense, megatron in _QKV:
             for kind in ("weight", "bias"):
-                state[f"{theirs}attention.{megatron}.{kind}"] = weights[f"{ours}attention.{dense}.{kind}"]
-        state.update(layer_to_megatron(weights, ours, theirs, "attention"))
-    state.update({"transformer." + theirs: weights[ours] for ours, theirs in FINAL_LAYERNORM.items()})
+                state[f"{theirs}attention.{megatron}.{kind}"] = stored(weights[f"{ours}attention.{dense}.{kind}"], bf16)
+        state.update(layer_to_megatron(weights, ours, theirs, "attention", bf16))
+    state.update({"transformer." + theirs: stored(weights[ours], bf16) for ours, theirs in FINAL_LAYERNORM.items()})
     return state
 
 
-def from_megatron(config: ModelConfig, merged: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Zoo weights from a merged GPU-port state (the padding rows dropped)."""
+def from_megatron(config: ModelConfig, merged: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Zoo weights from a merged GPU-port state (the padding rows dropped), the transposed ones made when asked."""
     state = MegatronState(merged, NAME)
     h, table = config.hidden_size, (config.max_position_embeddings, config.hidden_size)
-    out = {WORD: state.take(MEGATRON_WORD)[:config.vocab_size], POSITION: state.take(MEGATRON_POSITION, table),
-           TOP_QUERY: state.take(MEGATRON_TOP_QUERY, table)}
+    vocab = config.vocab_size
+    out: dict[str, Tensor] = {
+        WORD: then(state.take(MEGATRON_WORD), lambda rows: rows[:vocab], (vocab, h)),
+        POSITION: state.take(MEGATRON_POSITION, table), TOP_QUERY: state.take(MEGATRON_TOP_QUERY, table)}
     for ours, theirs in _layers(config):
         for dense, megatron in _QKV:
             out[f"{ours}attention.{dense}.weight"] = state.take(f"{theirs}attention.{megatron}.weight", (h, h))
@@ -99,9 +108,10 @@ def _port_names(shard: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def _shapes(merged: Mapping[str, np.ndarray], checkpoint: MegatronCheckpoint) -> Shapes:
+def _shapes(merged: Mapping[str, Tensor], checkpoint: MegatronCheckpoint) -> Shapes:
     word, position = merged.get(MEGATRON_WORD), merged.get(MEGATRON_POSITION)
-    if word is None or position is None or MEGATRON_TOP_QUERY not in merged or word.ndim != 2 or position.ndim != 2:
+    if (word is None or position is None or MEGATRON_TOP_QUERY not in merged or len(word.shape) != 2
+            or len(position.shape) != 2):
         raise CheckpointError(f"{checkpoint.files[0]} holds no PanGu-alpha embeddings ({MEGATRON_WORD}, "
                               f"{MEGATRON_TOP_QUERY}); is it a megatron-gpt2 checkpoint?")
     layers = {int(m.group(1)) for name in merged if (m := _LAYER.match(name))}
@@ -112,12 +122,12 @@ def _shapes(merged: Mapping[str, np.ndarray], checkpoint: MegatronCheckpoint) ->
                   param_dtype=checkpoint.param_dtype)
 
 
-def read(path: str | os.PathLike, *, config_hint: ModelConfig | None) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+def read(path: str | os.PathLike, *, config_hint: ModelConfig | None) -> tuple[ModelConfig, LazyWeights]:
     checkpoint = read_checkpoint(path)
     tp = len(checkpoint.shards)
-    merged = merge_states([_port_names(shard) for shard in checkpoint.shards])
+    merged = merge_lazily([_port_names(shard) for shard in checkpoint.shards])
     config = config_from_checkpoint(FAMILY, config_hint, checkpoint.args, _shapes(merged, checkpoint), tp)
-    return config, from_megatron(config, merged)
+    return config, lazy_weights(from_megatron(config, merged), list(parameter_shapes(config)))
 
 
 def write(config: ModelConfig, weights: Mapping[str, np.ndarray], path: str | os.PathLike, *, tp: int = 1,
@@ -128,8 +138,7 @@ def write(config: ModelConfig, weights: Mapping[str, np.ndarray], path: str | os
     padded = padded_vocab_size(config.vocab_size, FAMILY.vocab_divisible_by, tp)
     state = to_megatron(config, weights, padded)
     # the port's tools save no checkpoint_version; its attention has no fused QKV whose order a version would name
-    write_checkpoint(Path(path), split_state(state, tp), megatron_args(config, FAMILY, tp, padded), None,
-                     bfloat16=config.param_dtype == "bfloat16")
+    write_checkpoint(Path(path), split_state(state, tp), megatron_args(config, FAMILY, tp, padded), None)
 
 
 FORMAT = register(Format(NAME, "PanGu-alpha in its GPU port's Megatron layout (mp_rank_XX/model_optim_rng.pt per "

@@ -19,6 +19,7 @@ import re
 
 import numpy as np
 
+from pangu_zoo.checkpoint.deferred import Tensor, concatenated, load
 from pangu_zoo.errors import CheckpointError
 
 _COLUMN_PARALLEL = re.compile(r"(^|\.)((query_key_value|query|key|value|dense_h_to_4h)\.(weight|bias)"
@@ -66,24 +67,25 @@ def split_state(state: dict[str, np.ndarray], tp: int) -> list[dict[str, np.ndar
     return shards
 
 
-def merge_states(shards: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """One full state from tensor-parallel shards (rank order); CheckpointError when they do not fit together."""
-    if len(shards) == 1:
-        return dict(shards[0])
+def merge_lazily(shards: list[dict[str, np.ndarray]]) -> dict[str, Tensor]:
+    """One full state from tensor-parallel shards (rank order), each split parameter concatenated only when asked
+    for; CheckpointError when the shards do not fit together."""
     names = set(shards[0])
     for rank, shard in enumerate(shards[1:], start=1):
         if set(shard) != names:
             odd = sorted(names.symmetric_difference(shard))
             raise CheckpointError(f"tensor-parallel rank {rank} holds other parameters than rank 0: {odd[:5]}")
-    merged = {}
+    merged: dict[str, Tensor] = {}
     for name, first in shards[0].items():
-        dim = partition_dim(name)
         for rank, shard in enumerate(shards[1:], start=1):
             if shard[name].shape != first.shape:
                 raise CheckpointError(f"{name} has shape {tuple(shard[name].shape)} on tensor-parallel rank {rank} "
                                       f"but {tuple(first.shape)} on rank 0")
-        if dim is None:
-            merged[name] = first
-        else:
-            merged[name] = np.concatenate([shard[name] for shard in shards], axis=dim)
+        dim = partition_dim(name)
+        merged[name] = first if dim is None or len(shards) == 1 else concatenated([s[name] for s in shards], dim)
     return merged
+
+
+def merge_states(shards: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`merge_lazily`, every parameter made now."""
+    return {name: load(item) for name, item in merge_lazily(shards).items()}
