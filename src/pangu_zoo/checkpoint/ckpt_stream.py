@@ -186,7 +186,7 @@ class CkptFile:
     def read(self, name: str) -> np.ndarray:
         entry = self._entries[name]
         buffer = np.empty(entry.dims, np.uint16 if entry.stored == BFLOAT16 else entry.stored)
-        view, done = memoryview(buffer).cast("B") if buffer.ndim else memoryview(buffer.reshape(1)).cast("B"), 0
+        view, done = memoryview(buffer.reshape(-1)).cast("B"), 0
         try:
             with open(self.path, "rb") as f:
                 for offset, count in entry.chunks:

@@ -90,7 +90,7 @@ class SafetensorsFile:
         try:
             with open(self.path, "rb") as f:
                 f.seek(self._offsets[name])
-                got = f.readinto(memoryview(buffer).cast("B"))
+                got = f.readinto(memoryview(buffer.reshape(-1)).cast("B"))
         except OSError as error:
             raise CheckpointError(f"cannot read {name!r} from {self.path}: {error}") from error
         if got != buffer.nbytes:
@@ -126,4 +126,4 @@ def write_safetensors(path: str | os.PathLike, specs: Sequence[tuple[str, Tensor
             if tuple(value.shape) != spec.shape:
                 raise CheckpointError(f"{name}: got shape {tuple(value.shape)}, expected {spec.shape}")
             stored = to_bf16_bits(value) if spec.stored == BFLOAT16 else np.ascontiguousarray(value, spec.stored)
-            f.write(memoryview(stored).cast("B"))
+            f.write(memoryview(stored.reshape(-1)).cast("B"))
