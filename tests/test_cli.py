@@ -64,3 +64,10 @@ def test_bad_input_is_one_line(argv, message, capsys):
 def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "pangu_zoo.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "preprocess" in result.stdout
+
+
+def test_building_the_command_parser_does_not_load_mindspore():
+    # `pangu --help` and argument errors stay fast: MindSpore loads only when a command runs
+    code = "import sys; from pangu_zoo.cli import build_parser; build_parser(); print('mindspore' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr[-2000:]

@@ -227,7 +227,7 @@ def test_strategy_with_other_split_gives_shape_mismatch(released, copy):
 
 
 def test_predict_loader_takes_the_released_layout(released):
-    from pangu_zoo.inference.predict import load_model
+    from pangu_zoo.checkpoint.loader import load_model
 
     model, _, root = released
     loaded = load_model(root, "pangu_alpha_tiny", None, **PRESET)
@@ -237,7 +237,7 @@ def test_predict_loader_takes_the_released_layout(released):
 
 def test_predict_loader_takes_a_mindformers_named_file(released, tmp_path):
     from pangu_zoo.checkpoint.io import save_weights
-    from pangu_zoo.inference.predict import load_model
+    from pangu_zoo.checkpoint.loader import load_model
 
     model, weights, _ = released
     renamed = {name.replace("backbone.word_embedding", "backbone.embedding.word_embedding")
@@ -262,7 +262,7 @@ def _train_args(*argv: str):
 
 
 def test_train_starts_from_the_released_layout_with_the_reference_arguments(released):
-    from pangu_zoo.inference.predict import load_model
+    from pangu_zoo.checkpoint.loader import load_model
     from pangu_zoo.training.cli import model_config, starting_model
 
     _, weights, root = released

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from pangu_zoo.arg_types import parse_bool
-from pangu_zoo.checkpoint.loader import checkpoint_path, load_model
 from pangu_zoo.errors import InputError
 from pangu_zoo.tokenizers.special import default_end_tokens, output_text
 
@@ -117,6 +116,8 @@ def predict_ids(model, prompt_ids: list[int], sampling, max_generate_length: int
 
 
 def _model_dir(args: argparse.Namespace) -> Path:
+    from pangu_zoo.checkpoint.loader import checkpoint_path
+
     return checkpoint_path(args.load_ckpt_path, args.load_ckpt_name)
 
 
@@ -172,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
     from pangu_zoo.tokenizers import load_tokenizer, tokenizer_kind_for
 
     model_dir = _model_dir(args)
+    from pangu_zoo.checkpoint.loader import load_model  # MindSpore loads here, not when the parser is built
+
     model = load_model(model_dir, args.mode, args.strategy_load_ckpt_path or None, **load_overrides(args))
     if args.distribute:
         from pangu_zoo.parallel.inference import distribute_for_inference
