@@ -27,8 +27,10 @@ from pathlib import Path
 from common import write_json
 
 PAIRS: dict[str, list[tuple[str, str]]] = {
-    "gpt2": [("zoo", "hf-gpt2"), ("hf-gpt2", "zoo"), ("zoo", "mindformers"), ("mindformers", "zoo")],
-    "pangu_alpha_350m": [("zoo", "mindformers"), ("mindformers", "zoo"), ("released", "zoo")],
+    "gpt2": [("zoo", "hf-gpt2"), ("hf-gpt2", "zoo"), ("zoo", "mindformers"), ("mindformers", "zoo"),
+             ("zoo", "megatron-gpt2"), ("megatron-gpt2", "zoo")],
+    "pangu_alpha_350m": [("zoo", "mindformers"), ("mindformers", "zoo"), ("released", "zoo"),
+                         ("zoo", "megatron-pangu"), ("megatron-pangu", "zoo")],
 }
 # formats written as one file; the others are folders
 FILE_SUFFIX = {"mindformers": ".ckpt"}
