@@ -69,7 +69,8 @@ def _torch():
     try:
         import torch
     except ImportError as error:
-        raise CheckpointError("Megatron checkpoints are PyTorch files and need torch: pip install torch") from error
+        raise CheckpointError("Megatron checkpoints are PyTorch files and need torch: "
+                              "pip install 'pangu-zoo[torch]'") from error
     return torch
 
 
