@@ -349,9 +349,12 @@ def test_virtual_pipeline_chunks_are_refused(written_gpt2):
         megatron_gpt2.read(written_gpt2, config_hint=None)
 
 
-def test_the_other_familys_checkpoint_is_refused(written_gpt2):
+def test_the_other_familys_checkpoint_is_refused(written_gpt2, tiny_pangu, tmp_path):
     with pytest.raises(CheckpointError, match="no PanGu-alpha embeddings"):
         megatron_pangu.read(written_gpt2, config_hint=None)
+    megatron_pangu.write(tiny_pangu.config, tiny_pangu.state_dict(), tmp_path / "pangu")
+    with pytest.raises(CheckpointError, match="top-query layer; read it as megatron-pangu"):
+        megatron_gpt2.read(tmp_path / "pangu", config_hint=None)
 
 
 # ---- configs ------------------------------------------------------------------------------------------------------

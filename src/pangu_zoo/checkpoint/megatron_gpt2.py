@@ -136,6 +136,8 @@ def _shapes(merged: Mapping[str, Tensor], checkpoint: MegatronCheckpoint) -> Sha
     if word is None or position is None or len(word.shape) != 2 or len(position.shape) != 2:
         raise CheckpointError(f"{checkpoint.files[0]} holds no {NAME} embeddings ({MEGATRON_WORD}, "
                               f"{MEGATRON_POSITION}); is it a GPT model?")
+    if any(name.startswith(("topQueryEmbedding.", "encoder.topQueryLayer.")) for name in merged):
+        raise CheckpointError(f"{checkpoint.files[0]} holds a PanGu-alpha top-query layer; read it as megatron-pangu")
     layers = {int(m.group(1)) for name in merged if (m := _LAYER.match(name))}
     mlp = merged.get("encoder.layers.0.mlp.dense_h_to_4h.weight")
     return Shapes(hidden_size=word.shape[1], padded_vocab=word.shape[0], max_position_embeddings=position.shape[0],
