@@ -21,15 +21,14 @@ import os
 import re
 from collections.abc import Mapping
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
 from pangu_zoo.checkpoint.deferred import Tensor, then
 from pangu_zoo.checkpoint.formats import Format, register
 from pangu_zoo.checkpoint.lazy import LazyWeights
-from pangu_zoo.checkpoint.megatron_config import Family, Shapes, check_writable, config_from_checkpoint, megatron_args
-from pangu_zoo.checkpoint.megatron_files import MegatronCheckpoint, read_checkpoint, write_checkpoint
+from pangu_zoo.checkpoint.megatron_config import Family, Shapes
+from pangu_zoo.checkpoint.megatron_files import MegatronCheckpoint
 from pangu_zoo.checkpoint.megatron_layers import (
     FINAL_LAYERNORM,
     MEGATRON_POSITION,
@@ -39,10 +38,12 @@ from pangu_zoo.checkpoint.megatron_layers import (
     MegatronState,
     layer_to_megatron,
     lazy_weights,
+    respell,
     stored,
 )
+from pangu_zoo.checkpoint.megatron_release import read_merged, stack_shapes, write_release
 from pangu_zoo.checkpoint.parameter_shapes import parameter_shapes
-from pangu_zoo.checkpoint.tensor_parallel import merge_lazily, pad_rows, padded_vocab_size, split_state
+from pangu_zoo.checkpoint.tensor_parallel import pad_rows
 from pangu_zoo.config import ModelConfig
 from pangu_zoo.errors import CheckpointError
 
@@ -122,12 +123,7 @@ def from_megatron(config: ModelConfig, merged: Mapping[str, Tensor], version: fl
 
 def _current_names(shard: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Names of Megatron before 2.6 (`transformer.`, `.attention.`) spelled as today's."""
-    out = {}
-    for name, value in shard.items():
-        if name.startswith("transformer."):
-            name = "encoder." + name.removeprefix("transformer.")
-        out[name.replace(".attention.", ".self_attention.")] = value
-    return out
+    return respell(shard, ("transformer.", "encoder."), ("attention", "self_attention"))
 
 
 def _shapes(merged: Mapping[str, Tensor], checkpoint: MegatronCheckpoint) -> Shapes:
@@ -138,32 +134,21 @@ def _shapes(merged: Mapping[str, Tensor], checkpoint: MegatronCheckpoint) -> Sha
                               f"{MEGATRON_POSITION}); is it a GPT model?")
     if any(name.startswith(("topQueryEmbedding.", "encoder.topQueryLayer.")) for name in merged):
         raise CheckpointError(f"{checkpoint.files[0]} holds a PanGu-alpha top-query layer; read it as megatron-pangu")
-    layers = {int(m.group(1)) for name in merged if (m := _LAYER.match(name))}
-    mlp = merged.get("encoder.layers.0.mlp.dense_h_to_4h.weight")
-    return Shapes(hidden_size=word.shape[1], padded_vocab=word.shape[0], max_position_embeddings=position.shape[0],
-                  megatron_layers=max(layers, default=-1) + 1,
-                  ffn_hidden_size=mlp.shape[0] if mlp is not None else 4 * word.shape[1],
-                  param_dtype=checkpoint.param_dtype)
+    return stack_shapes(merged, checkpoint, word, position, _LAYER, "encoder.layers.0.mlp.dense_h_to_4h.weight")
 
 
 def read(path: str | os.PathLike, *, config_hint: ModelConfig | None) -> tuple[ModelConfig, LazyWeights]:
-    checkpoint = read_checkpoint(path)
-    tp = len(checkpoint.shards)
-    merged = merge_lazily([_current_names(shard) for shard in checkpoint.shards])
-    config = config_from_checkpoint(FAMILY, config_hint, checkpoint.args, _shapes(merged, checkpoint), tp)
+    checkpoint, merged, config = read_merged(path, FAMILY, config_hint, _current_names, _shapes)
     version = checkpoint.version if checkpoint.version is not None else 0
-    return config, lazy_weights(from_megatron(config, merged, version, tp), list(parameter_shapes(config)))
+    weights = from_megatron(config, merged, version, len(checkpoint.shards))
+    return config, lazy_weights(weights, list(parameter_shapes(config)))
 
 
 def write(config: ModelConfig, weights: Mapping[str, np.ndarray], path: str | os.PathLike, *, tp: int = 1,
           tokenizer_path: str | os.PathLike | None = None) -> None:
     """A release checkpoint split into `tp` ranks. Megatron takes its tokenizer files on its own command line
     (--vocab-file, --merge-file), so `tokenizer_path` is not copied."""
-    check_writable(config, FAMILY, tp)
-    padded = padded_vocab_size(config.vocab_size, FAMILY.vocab_divisible_by, tp)
-    state = to_megatron(config, weights, padded)
-    write_checkpoint(Path(path), split_state(state, tp), megatron_args(config, FAMILY, tp, padded),
-                     CHECKPOINT_VERSION)
+    write_release(config, weights, path, tp, FAMILY, to_megatron, CHECKPOINT_VERSION)
 
 
 FORMAT = register(Format(NAME, "GPT-2 in Megatron-LM's layout (mp_rank_XX/model_optim_rng.pt per tensor-parallel "

@@ -119,3 +119,19 @@ class MegatronState:
         if extra:
             raise CheckpointError(f"unexpected weights in the {self.fmt} checkpoint (more layers than its config "
                                   f"says, or another model): {extra[:5]}")
+
+
+def respell(shard: Mapping[str, np.ndarray], stack: tuple[str, str], attention: tuple[str, str]) -> dict:
+    """Names of one Megatron generation spelled as another's: the stack prefix (`transformer.` / `encoder.`) and
+    the attention module (`.attention.` / `.self_attention.`), each given as (from, to)."""
+    out = {}
+    for name, value in shard.items():
+        if name.startswith(stack[0]):
+            name = stack[1] + name.removeprefix(stack[0])
+        out[name.replace(f".{attention[0]}.", f".{attention[1]}.")] = value
+    return out
+
+
+def layer_indices(names, pattern) -> int:
+    """How many `layers.{i}.` the names hold (`pattern` captures i)."""
+    return max((int(m.group(1)) for name in names if (m := pattern.match(name))), default=-1) + 1

@@ -25,15 +25,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
 from pangu_zoo.checkpoint.deferred import Tensor, then
 from pangu_zoo.checkpoint.formats import Format, register
 from pangu_zoo.checkpoint.lazy import LazyWeights
-from pangu_zoo.checkpoint.megatron_config import Family, Shapes, check_writable, config_from_checkpoint, megatron_args
-from pangu_zoo.checkpoint.megatron_files import MegatronCheckpoint, read_checkpoint, write_checkpoint
+from pangu_zoo.checkpoint.megatron_config import Family, Shapes
+from pangu_zoo.checkpoint.megatron_files import MegatronCheckpoint
 from pangu_zoo.checkpoint.megatron_layers import (
     FINAL_LAYERNORM,
     MEGATRON_POSITION,
@@ -43,10 +42,12 @@ from pangu_zoo.checkpoint.megatron_layers import (
     MegatronState,
     layer_to_megatron,
     lazy_weights,
+    respell,
     stored,
 )
+from pangu_zoo.checkpoint.megatron_release import read_merged, stack_shapes, write_release
 from pangu_zoo.checkpoint.parameter_shapes import parameter_shapes
-from pangu_zoo.checkpoint.tensor_parallel import merge_lazily, pad_rows, padded_vocab_size, split_state
+from pangu_zoo.checkpoint.tensor_parallel import pad_rows
 from pangu_zoo.config import ModelConfig
 from pangu_zoo.errors import CheckpointError
 
@@ -100,12 +101,7 @@ def from_megatron(config: ModelConfig, merged: Mapping[str, Tensor]) -> dict[str
 
 def _port_names(shard: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Later Megatron spellings (`encoder.`, `.self_attention.`) as the port's."""
-    out = {}
-    for name, value in shard.items():
-        if name.startswith("encoder."):
-            name = "transformer." + name.removeprefix("encoder.")
-        out[name.replace(".self_attention.", ".attention.")] = value
-    return out
+    return respell(shard, ("encoder.", "transformer."), ("self_attention", "attention"))
 
 
 def _shapes(merged: Mapping[str, Tensor], checkpoint: MegatronCheckpoint) -> Shapes:
@@ -114,19 +110,12 @@ def _shapes(merged: Mapping[str, Tensor], checkpoint: MegatronCheckpoint) -> Sha
             or len(position.shape) != 2):
         raise CheckpointError(f"{checkpoint.files[0]} holds no PanGu-alpha embeddings ({MEGATRON_WORD}, "
                               f"{MEGATRON_TOP_QUERY}); is it a megatron-gpt2 checkpoint?")
-    layers = {int(m.group(1)) for name in merged if (m := _LAYER.match(name))}
-    mlp = merged.get("transformer.topQueryLayer.mlp.dense_h_to_4h.weight")
-    return Shapes(hidden_size=word.shape[1], padded_vocab=word.shape[0], max_position_embeddings=position.shape[0],
-                  megatron_layers=max(layers, default=-1) + 1,
-                  ffn_hidden_size=mlp.shape[0] if mlp is not None else 4 * word.shape[1],
-                  param_dtype=checkpoint.param_dtype)
+    mlp = "transformer.topQueryLayer.mlp.dense_h_to_4h.weight"
+    return stack_shapes(merged, checkpoint, word, position, _LAYER, mlp)
 
 
 def read(path: str | os.PathLike, *, config_hint: ModelConfig | None) -> tuple[ModelConfig, LazyWeights]:
-    checkpoint = read_checkpoint(path)
-    tp = len(checkpoint.shards)
-    merged = merge_lazily([_port_names(shard) for shard in checkpoint.shards])
-    config = config_from_checkpoint(FAMILY, config_hint, checkpoint.args, _shapes(merged, checkpoint), tp)
+    _, merged, config = read_merged(path, FAMILY, config_hint, _port_names, _shapes)
     return config, lazy_weights(from_megatron(config, merged), list(parameter_shapes(config)))
 
 
@@ -134,11 +123,8 @@ def write(config: ModelConfig, weights: Mapping[str, np.ndarray], path: str | os
           tokenizer_path: str | os.PathLike | None = None) -> None:
     """A release checkpoint split into `tp` ranks. The port takes its tokenizer on its own command line
     (--vocab-file), so `tokenizer_path` is not copied."""
-    check_writable(config, FAMILY, tp)
-    padded = padded_vocab_size(config.vocab_size, FAMILY.vocab_divisible_by, tp)
-    state = to_megatron(config, weights, padded)
     # the port's tools save no checkpoint_version; its attention has no fused QKV whose order a version would name
-    write_checkpoint(Path(path), split_state(state, tp), megatron_args(config, FAMILY, tp, padded), None)
+    write_release(config, weights, path, tp, FAMILY, to_megatron, None)
 
 
 FORMAT = register(Format(NAME, "PanGu-alpha in its GPU port's Megatron layout (mp_rank_XX/model_optim_rng.pt per "
