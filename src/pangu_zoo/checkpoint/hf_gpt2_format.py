@@ -24,10 +24,9 @@ from pangu_zoo.checkpoint import hf_gpt2
 from pangu_zoo.checkpoint.formats import Format, Weights, refuse_tp, register
 from pangu_zoo.checkpoint.lazy import BFLOAT16, LazyWeights, TensorSpec, param_dtype_of, spec_of, stored_as
 from pangu_zoo.checkpoint.mindformers import POSITION, WORD
-from pangu_zoo.checkpoint.pretrained import CONFIG_NAME
+from pangu_zoo.checkpoint.pretrained import CONFIG_NAME, read_config
 from pangu_zoo.checkpoint.safetensors_stream import SafetensorsFile, write_safetensors
 from pangu_zoo.checkpoint.tokenizer_files import copy_tokenizer
-from pangu_zoo.checkpoint.zoo_format import read_config
 from pangu_zoo.config import ModelConfig
 from pangu_zoo.errors import CheckpointError, ConfigError
 

@@ -30,7 +30,8 @@ OUR_WEIGHTS = ("model.safetensors", "model.ckpt")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
-def _read_config(directory: Path) -> dict[str, Any]:
+def read_config(directory: Path) -> dict[str, Any]:
+    """The JSON object in a model directory's config.json (`CheckpointError` naming what is wrong)."""
     if not directory.exists():
         raise CheckpointError(f"model directory {directory} does not exist")
     if not directory.is_dir():
@@ -44,9 +45,12 @@ def _read_config(directory: Path) -> dict[str, Any]:
             )
         raise CheckpointError(f"{directory} has no {CONFIG_NAME}; is it a saved model directory?")
     try:
-        return json.loads(config_file.read_text(encoding="utf-8"))
+        values = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{config_file} is not valid JSON: {error}") from error
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{config_file} does not hold a JSON object")
+    return values
 
 
 def _find(directory: Path, names: tuple[str, ...]) -> Path:
@@ -56,7 +60,8 @@ def _find(directory: Path, names: tuple[str, ...]) -> Path:
     raise CheckpointError(f"{directory} has no weights file (looked for {', '.join(names)})")
 
 
-def _our_weights_file(directory: Path) -> Path:
+def our_weights_file(directory: Path) -> Path:
+    """The one weights file of our model directory (refused when both formats are there)."""
     present = [directory / name for name in OUR_WEIGHTS if (directory / name).is_file()]
     if len(present) > 1:
         raise CheckpointError(
@@ -72,7 +77,7 @@ def read_pretrained(path: str | os.PathLike, **overrides: Any) -> tuple[ModelCon
     `overrides` replace config fields (e.g. `param_dtype="float16"`, `dropout_rate=0.0`).
     """
     directory = Path(path)
-    values = _read_config(directory)
+    values = read_config(directory)
     try:
         if hf_gpt2.is_hf_gpt2_config(values):
             config = hf_gpt2.config_from_hf(values)
@@ -82,7 +87,7 @@ def read_pretrained(path: str | os.PathLike, **overrides: Any) -> tuple[ModelCon
             weights = hf_gpt2.state_from_hf(raw, config)
         else:
             config = ModelConfig.from_dict({**values, **overrides})
-            weights = load_weights(_our_weights_file(directory))
+            weights = load_weights(our_weights_file(directory))
     except ConfigError as error:
         raise CheckpointError(f"{directory / CONFIG_NAME}: {error}") from error
     return config, weights

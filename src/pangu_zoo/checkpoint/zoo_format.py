@@ -7,7 +7,6 @@ loads wherever NumPy does.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from pangu_zoo.checkpoint import hf_gpt2
 from pangu_zoo.checkpoint.ckpt_stream import CkptFile
 from pangu_zoo.checkpoint.formats import Format, Weights, refuse_tp, register
 from pangu_zoo.checkpoint.lazy import LazyWeights, spec_of, stored_as
-from pangu_zoo.checkpoint.pretrained import CONFIG_NAME, OUR_WEIGHTS
+from pangu_zoo.checkpoint.pretrained import CONFIG_NAME, our_weights_file, read_config
 from pangu_zoo.checkpoint.safetensors_stream import SafetensorsFile, write_safetensors
 from pangu_zoo.checkpoint.tokenizer_files import copy_tokenizer
 from pangu_zoo.config import ModelConfig
@@ -29,23 +28,8 @@ def open_weights(path: Path) -> LazyWeights:
     return (SafetensorsFile(path) if path.suffix == ".safetensors" else CkptFile(path)).lazy()
 
 
-def read_config(directory: Path) -> dict:
-    config_file = directory / CONFIG_NAME
-    if not config_file.is_file():
-        raise CheckpointError(f"{directory} has no {CONFIG_NAME}; is it a model directory?")
-    try:
-        values = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{config_file} is not valid JSON: {error}") from error
-    if not isinstance(values, dict):
-        raise CheckpointError(f"{config_file} does not hold a JSON object")
-    return values
-
-
 def read(path: str | os.PathLike, *, config_hint: ModelConfig | None = None) -> tuple[ModelConfig, LazyWeights]:
     directory = Path(path)
-    if not directory.is_dir():
-        raise CheckpointError(f"model directory {directory} does not exist")
     values = read_config(directory)
     if hf_gpt2.is_hf_gpt2_config(values):
         raise CheckpointError(f"{directory} is a Hugging Face GPT-2 folder: read it as hf-gpt2")
@@ -53,11 +37,7 @@ def read(path: str | os.PathLike, *, config_hint: ModelConfig | None = None) -> 
         config = ModelConfig.from_dict(values)
     except (ConfigError, TypeError) as error:
         raise CheckpointError(f"{directory / CONFIG_NAME}: {error}") from error
-    present = [directory / name for name in OUR_WEIGHTS if (directory / name).is_file()]
-    if len(present) != 1:
-        found = ", ".join(p.name for p in present) or "neither"
-        raise CheckpointError(f"{directory} must hold exactly one of {', '.join(OUR_WEIGHTS)} (found {found})")
-    return config, open_weights(present[0])
+    return config, open_weights(our_weights_file(directory))
 
 
 def write(config: ModelConfig, weights: Weights, path: str | os.PathLike, *, tp: int = 1,
