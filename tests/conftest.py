@@ -70,3 +70,14 @@ def tiny_pangu(_tiny_pangu_reset):
 def tiny_gpt2(_tiny_gpt2_reset):
     yield _tiny_gpt2_reset()
     _tiny_gpt2_reset()
+
+
+def randomize_weights(model, seed: int, scale: float, vector_scale: float | None = None):
+    """Give every parameter of `model` a random value (LayerNorm gains around 1), so that no term can hide;
+    `vector_scale` for 1-D parameters (default `scale`). Returns the model."""
+    rng = np.random.default_rng(seed)
+    small = scale if vector_scale is None else vector_scale
+    model.load_state_dict({name: (rng.standard_normal(v.shape) * (scale if v.ndim > 1 else small)
+                                  + (1.0 if "gamma" in name else 0.0)).astype(np.float32)
+                           for name, v in model.state_dict().items()})
+    return model

@@ -11,7 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, randomize_weights
 
 from pangu_zoo.cli import main
 from pangu_zoo.serving.export import SERVING_LAYOUT, export_model
@@ -38,10 +38,7 @@ def random_model(preset: str, seed: int):
     ms.set_seed(seed)
     model = build_model(preset, vocab_size=300, dropout_rate=0.0, max_position_embeddings=64,
                         eod_token_id=6, pad_token_id=6, eos_token_id=9)
-    rng = np.random.default_rng(seed)
-    model.load_state_dict({name: (rng.standard_normal(v.shape) * 0.15 + (1.0 if "gamma" in name else 0.0))
-                           .astype(np.float32) for name, v in model.state_dict().items()})
-    return model
+    return randomize_weights(model, seed, 0.15)
 
 
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "pangu_alpha_tiny"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import randomize_weights
 
 from pangu_zoo.errors import InputError
 from pangu_zoo.inference.generation import IncrementalDecoder
@@ -54,13 +55,7 @@ def randomized(name: str, seed: int, **overrides):
 
     ms.set_seed(seed)
     model = build_model(name, vocab_size=100, dropout_rate=0.0, max_position_embeddings=64, **overrides)
-    rng = np.random.default_rng(seed)
-    model.load_state_dict({
-        key: (rng.standard_normal(v.shape) * (0.15 if v.ndim > 1 else 0.3) + (1.0 if "gamma" in key else 0.0))
-        .astype(np.float32)
-        for key, v in model.state_dict().items()
-    })
-    return model
+    return randomize_weights(model, seed, 0.15, 0.3)
 
 
 @pytest.fixture(scope="module")

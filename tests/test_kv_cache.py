@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import randomize_weights
 
 from pangu_zoo.inference.generation import IncrementalDecoder
 
@@ -14,13 +15,7 @@ PROMPTS = {
 
 
 def randomize(model, seed):
-    rng = np.random.default_rng(seed)
-    model.load_state_dict({
-        name: (rng.standard_normal(v.shape) * (0.15 if v.ndim > 1 else 0.3) + (1.0 if "gamma" in name else 0.0))
-        .astype(np.float32)
-        for name, v in model.state_dict().items()
-    })
-    return model
+    return randomize_weights(model, seed, 0.15, 0.3)
 
 
 @pytest.fixture(params=["tiny_pangu", "tiny_gpt2"])

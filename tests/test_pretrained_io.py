@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import randomize_weights
 
 from pangu_zoo.errors import CheckpointError, InputError
 from pangu_zoo.models import build_model, from_pretrained
@@ -94,9 +95,7 @@ def test_sequence_longer_than_position_table(tiny_gpt2):
 
 def test_bfloat16_parameters_run_and_round_trip(tiny_gpt2, tmp_path):
     # weights of a trained model's scale, so the logits have a spread to measure the error against
-    rng = np.random.default_rng(4)
-    tiny_gpt2.load_state_dict({name: (rng.standard_normal(v.shape) * 0.1 + (1.0 if "gamma" in name else 0.0))
-                               .astype(np.float32) for name, v in tiny_gpt2.state_dict().items()})
+    randomize_weights(tiny_gpt2, 4, 0.1)
     tiny_gpt2.save_pretrained(tmp_path)
     bf16 = from_pretrained(tmp_path, param_dtype="bfloat16")
     params = dict(bf16.parameters_and_names())

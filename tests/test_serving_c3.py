@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import shared_data
+from conftest import randomize_weights, shared_data
 
 from pangu_zoo.cli import main
 
@@ -30,9 +30,7 @@ def test_enable_client_c3_equals_eval_c3(tmp_path, capsys):
     tokenizer_dir, c3_dir = shared_data("pangu_tokenizer"), shared_data("c3")
     ms.set_seed(11)
     model = build_model("pangu_alpha_tiny", dropout_rate=0.0, max_position_embeddings=128)
-    rng = np.random.default_rng(11)
-    model.load_state_dict({name: (rng.standard_normal(v.shape) * 0.05 + (1.0 if "gamma" in name else 0.0))
-                           .astype(np.float32) for name, v in model.state_dict().items()})
+    randomize_weights(model, 11, 0.05)
     model.save_pretrained(tmp_path / "model")
     folder = export_model(model, tmp_path / "out", tokenizer_path=tokenizer_dir, tokenizer_kind="pangu-alpha",
                           eval_graph=True)

@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import randomize_weights
 
 from pangu_zoo.inference.sampling import SamplingConfig, apply_penalties
 from pangu_zoo.serving.engine import Engine, QueueFull, Sampling, collect, penalise_generated
@@ -28,10 +29,7 @@ def model():
     ms.set_seed(2)
     model = build_model("pangu_alpha_tiny", vocab_size=500, num_layers=3, dropout_rate=0.0,
                         max_position_embeddings=64)
-    rng = np.random.default_rng(2)
-    model.load_state_dict({name: (rng.standard_normal(v.shape) * 0.15 + (1.0 if "gamma" in name else 0.0))
-                           .astype(np.float32) for name, v in model.state_dict().items()})
-    return model
+    return randomize_weights(model, 2, 0.15)
 
 
 @pytest.fixture
