@@ -36,8 +36,6 @@ from pangu_zoo.inference.sampling import SamplingConfig, draw
 
 log = logging.getLogger(__name__)
 
-CONTEXT_BUCKET = 64
-
 
 class QueueFull(Exception):
     """The waiting queue is at its limit: the caller should answer 429."""
@@ -216,7 +214,7 @@ class Engine:
         """Compile the graphs before the first request: prefill, and decode at each of `decode_batches` (a decode
         graph compiles once per batch size; compiling while serving would stall every stream)."""
         started = time.perf_counter()
-        logits, state = self.decoder.prefill([np.array([0, 1])] * self.slots, cache_len=self._cache_len())
+        logits, state = self.decoder.prefill([np.array([0, 1])] * self.slots, cache_len=self.max_context)
         tokens = np.argmax(logits, axis=-1)
         for batch in self.decode_batches:
             index = Tensor(np.arange(batch, dtype=np.int32))
@@ -225,9 +223,6 @@ class Engine:
             self.decoder.step(tokens[:batch], rows)
         log.info("graphs compiled in %.1f s (decode for batches of %s)", time.perf_counter() - started,
                  ", ".join(map(str, self.decode_batches)))
-
-    def _cache_len(self) -> int:
-        return self.max_context
 
     def _run_jobs(self) -> None:
         while True:
@@ -261,7 +256,7 @@ class Engine:
             return False
         started = time.perf_counter()
         try:
-            logits, state = self.decoder.prefill([np.array(r.prompt_ids) for r in new], cache_len=self._cache_len())
+            logits, state = self.decoder.prefill([np.array(r.prompt_ids) for r in new], cache_len=self.max_context)
         except Exception as error:  # noqa: BLE001 - the requests fail, the server goes on
             log.exception("prefill failed")
             for request in new:

@@ -35,7 +35,6 @@ SERVING_LAYOUT = Path("serving_increment") / "pangu_standalone" / "pangu" / "1"
 MANIFEST = "manifest.json"
 FORMAT = "pangu-zoo-serving"
 FORMAT_VERSION = 1
-DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
 
 
 def graph_names(config) -> dict[str, str]:
@@ -66,8 +65,8 @@ def signatures(config) -> dict[str, dict]:
 
 def placeholders(signature: dict) -> list:
     """Tensors of a graph's input dtypes with None for each dynamic axis (a signature or a manifest entry)."""
-    dtypes = {"int32": ms.int32, "bool": ms.bool_, **DTYPES}
-    return [ms.Tensor(shape=shape, dtype=dtypes[dtype]) for _, dtype, shape in signature["inputs"]]
+    return [ms.Tensor(shape=shape, dtype=ms.bool_ if dtype == "bool" else getattr(ms, dtype))
+            for _, dtype, shape in signature["inputs"]]
 
 
 def _sha256(path: Path) -> str:

@@ -17,8 +17,6 @@ from pangu_zoo.parallel.placement import place_training_network
 from pangu_zoo.training.optimizer import build_optimizer
 from pangu_zoo.training.step import TrainOneStep, dynamic_loss_scale
 
-ITEM_BYTES = {ms.float32: 4, ms.float16: 2, ms.bfloat16: 2}
-
 
 class PipelinedLanguageModelWithLoss(LanguageModelWithLoss):
     """The loss network as a pipeline's unit: `lazy_inline` lets the compiler build one subgraph per
@@ -51,5 +49,5 @@ def sharded_norm_weights(parameters, parallel: ParallelConfig) -> tuple[float, .
     from mindspore.parallel._auto_parallel_context import auto_parallel_context
 
     threshold = auto_parallel_context().get_parallel_optimizer_threshold()  # -1: MindSpore's default
-    described = [(p.name, tuple(p.shape), ITEM_BYTES[p.dtype]) for p in parameters]
+    described = [(p.name, tuple(p.shape), p.itemsize) for p in parameters]
     return norm_weights(described, parallel, None if threshold < 0 else threshold)
