@@ -69,7 +69,7 @@ def placeholders(signature: dict) -> list:
             for _, dtype, shape in signature["inputs"]]
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -131,7 +131,7 @@ def export_model(model, out_root: str | os.PathLike, tokenizer_path: str | os.Pa
         tokenizer = None
         if tokenizer_path is not None:
             tokenizer = {"kind": tokenizer_kind, "files": _copy_tokenizer(Path(tokenizer_path), staging)}
-        files = {str(p.relative_to(staging)): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(staging)): sha256_of(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         manifest = {"format": FORMAT, "version": FORMAT_VERSION, "model": config.to_dict(), "graphs": graphs,
                     "tokenizer": tokenizer, "end_ids": [int(i) for i in end_ids],
                     "export_seconds": round(time.perf_counter() - started, 2), "files": files}

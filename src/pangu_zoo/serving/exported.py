@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,7 +16,7 @@ from mindspore import nn
 from pangu_zoo.config import ModelConfig
 from pangu_zoo.errors import CheckpointError
 from pangu_zoo.models.causal_lm import CausalLM
-from pangu_zoo.serving.export import FORMAT, MANIFEST, SERVING_LAYOUT, placeholders
+from pangu_zoo.serving.export import FORMAT, MANIFEST, SERVING_LAYOUT, placeholders, sha256_of
 
 
 def find_export(path: str | os.PathLike) -> Path:
@@ -45,11 +44,7 @@ def verify_files(folder: Path, manifest: dict) -> None:
         path = folder / name
         if not path.is_file():
             raise CheckpointError(f"{path} is listed in the manifest but missing")
-        digest = hashlib.sha256()
-        with path.open("rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != expected:
+        if sha256_of(path) != expected:
             raise CheckpointError(f"{path} does not match its sha256 in the manifest (damaged or replaced)")
 
 
