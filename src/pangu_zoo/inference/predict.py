@@ -155,6 +155,15 @@ def start_distributed(device_target: str | None) -> tuple[int, int]:
     return get_rank(), get_group_size()
 
 
+def start_devices(args: argparse.Namespace) -> tuple[int, int]:
+    """Select `--device_target`/`--device_id`; with `--distribute`, join the process group. (rank, device count)."""
+    if args.device_target:
+        import mindspore as ms
+
+        ms.set_context(device_target=args.device_target, device_id=args.device_id)
+    return start_distributed(args.device_target) if args.distribute else (0, 1)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.export and not hasattr(args, "output_dir"):  # the reference exports through predict.py --export 1
         from pangu_zoo.serving import export_cli
@@ -165,11 +174,7 @@ def run(args: argparse.Namespace) -> int:
         return run_client(args)
     if not args.load_ckpt_path:
         raise InputError("--load_ckpt_path is required (or --enable_client to use a running server)")
-    if args.device_target:
-        import mindspore as ms
-
-        ms.set_context(device_target=args.device_target, device_id=args.device_id)
-    rank, device_num = start_distributed(args.device_target) if args.distribute else (0, 1)
+    rank, device_num = start_devices(args)
     from pangu_zoo.tokenizers import load_tokenizer, tokenizer_kind_for
 
     model_dir = _model_dir(args)

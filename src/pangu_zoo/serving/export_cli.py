@@ -30,16 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pangu_zoo.checkpoint.loader import checkpoint_path, load_model
     from pangu_zoo.errors import ConfigError
-    from pangu_zoo.inference.predict import load_overrides, start_distributed
+    from pangu_zoo.inference.predict import load_overrides, start_devices
     from pangu_zoo.serving.export import export_model
     from pangu_zoo.tokenizers import load_tokenizer, tokenizer_kind_for
     from pangu_zoo.tokenizers.special import default_end_tokens
 
-    if args.device_target:
-        import mindspore as ms
-
-        ms.set_context(device_target=args.device_target, device_id=args.device_id)
-    rank, device_num = start_distributed(args.device_target) if args.distribute else (0, 1)
+    rank, device_num = start_devices(args)
     model = load_model(checkpoint_path(args.load_ckpt_path, args.load_ckpt_name), args.mode,
                        args.strategy_load_ckpt_path or None, **load_overrides(args))
     out_root = Path(args.output_dir)
