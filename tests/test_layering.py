@@ -25,6 +25,8 @@ LAYERS = {
     "pangu_zoo": FOUNDATION,  # also errors, config, runtime, buckets, attention_masks
     "pangu_zoo.models.layers": BLOCKS,
     "pangu_zoo.models.graphs": BLOCKS,
+    "pangu_zoo.models.moe": BLOCKS,
+    "pangu_zoo.models.basics": BLOCKS,
     "pangu_zoo.inference.sampling": BLOCKS,
     "pangu_zoo.tokenizers": BLOCKS,
     "pangu_zoo.data": BLOCKS,

@@ -52,7 +52,7 @@ def test_every_strategy_divides_its_shapes(preset, dp, mp, pp):
             check_plan(model, parallel, dp * mp * pp)
         return
     check_plan(model, parallel, dp * mp * pp)
-    shapes = op_input_shapes(model, batch=dp * 2, seq=model.max_position_embeddings)
+    shapes = op_input_shapes(model, batch=dp * 2, seq=model.max_position_embeddings, groups=dp)
     table = strategy_table(parallel)
     assert table.keys() == shapes.keys()
     for op, strategy in table.items():
@@ -109,15 +109,18 @@ def test_optimizer_sharding_skips_layernorm_biases_embeddings():
         assert not optimizer_shardable(name)
 
 
-@pytest.mark.parametrize("preset", ["pangu_alpha_tiny", "gpt2-tiny"])
-def test_every_primitive_of_the_cells_is_placed(preset):
+@pytest.mark.parametrize("preset, experts", [("pangu_alpha_tiny", 1), ("gpt2-tiny", 1), ("pangu_alpha_tiny", 4),
+                                             ("gpt2-tiny", 2)])
+def test_every_primitive_of_the_cells_is_placed(preset, experts):
     """A primitive added to the cells without a strategy would run unsharded (replicated) without a word."""
+    from pangu_zoo.config import MoEConfig
     from pangu_zoo.models import build_model
     from pangu_zoo.models.loss import LanguageModelWithLoss
     from pangu_zoo.parallel.placement import network_placement_map
 
     special = {"eod_token_id": 7, "pad_token_id": 7, "eos_token_id": 7}
     network = LanguageModelWithLoss(build_model(preset, vocab_size=128, num_layers=3, max_position_embeddings=16,
+                                                moe=MoEConfig(expert_num=experts, num_experts_chosen=min(2, experts)),
                                                 **special))
     primitives = {f"{name}.{attr}" if name else attr
                   for name, cell in network.cells_and_names()
@@ -127,3 +130,31 @@ def test_every_primitive_of_the_cells_is_placed(preset):
     assert set(placed) - primitives == set(), "placement names primitives the cells do not have"
     table = strategy_table(ParallelConfig(data_parallel=2, model_parallel=2))
     assert set(placed.values()) <= set(table)
+
+
+@pytest.mark.parametrize("dp,mp,ep,experts,k", [(8, 2, 8, 8, 1), (8, 2, 4, 8, 2), (4, 2, 2, 4, 1), (2, 4, 1, 4, 2)])
+def test_moe_strategies_divide_their_shapes(dp, mp, ep, experts, k):
+    from pangu_zoo.config import MoEConfig
+
+    model = get_preset("2.6B", moe=MoEConfig(expert_num=experts, num_experts_chosen=k))
+    parallel = ParallelConfig(data_parallel=dp, model_parallel=mp, expert_parallel=ep)
+    check_plan(model, parallel, dp * mp)
+    shapes = op_input_shapes(model, batch=dp, seq=model.max_position_embeddings, groups=dp, expert_parallel=ep)
+    table = strategy_table(parallel)
+    for op in (op for op in table if op.startswith("moe.")):
+        for cuts, shape in zip(table[op], shapes[op], strict=True):
+            assert len(cuts) == len(shape), op
+            assert all(size % cut == 0 for size, cut in zip(shape, cuts, strict=True)), (op, cuts, shape)
+            assert math.prod(cuts) <= dp * mp, op
+    # the experts' weights are split over ep (experts) and mp (inside each expert)
+    assert table["moe.mapping.batch_matmul"][1] == (ep, 1, mp)
+
+
+def test_expert_parallel_must_divide_experts_and_dp():
+    from pangu_zoo.config import MoEConfig
+
+    model = get_preset("2.6B", moe=MoEConfig(expert_num=4))
+    with pytest.raises(ConfigError, match="multiples of expert_parallel"):
+        check_plan(model, ParallelConfig(data_parallel=8, model_parallel=1, expert_parallel=3), 8)
+    with pytest.raises(ConfigError, match="multiples of expert_parallel"):
+        check_plan(model, ParallelConfig(data_parallel=4, model_parallel=2, expert_parallel=8), 8)

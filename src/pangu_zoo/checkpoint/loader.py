@@ -55,7 +55,7 @@ def load_released_checkpoint(directory: str | os.PathLike, config: ModelConfig |
     for slices trained with MSM's later Ascend code, which switched to fast_gelu."""
     overrides.setdefault("hidden_act", RELEASED_HIDDEN_ACT)
     model = build_model(config, **overrides)
-    expected = {name: tuple(p.shape) for name, p in model.parameters_and_names()}
+    expected = {name: tuple(p.shape) for name, p in model.named_weights()}
     model.load_state_dict(read_released_weights(directory, expected, strategy_file))
     return model
 

@@ -17,18 +17,12 @@ from mindspore import nn
 from pangu_zoo.attention_masks import causal_padding_mask, mask_to_bias
 from pangu_zoo.checkpoint import pretrained
 from pangu_zoo.config import ModelConfig
-from pangu_zoo.errors import CheckpointError, ConfigError, InputError
+from pangu_zoo.errors import CheckpointError, InputError
 from pangu_zoo.inference import generation
 from pangu_zoo.models.graphs import GRAPHS
 from pangu_zoo.models.layers import Backbone
+from pangu_zoo.models.moe import STATS_NAME
 from pangu_zoo.runtime import use_graph_mode
-
-
-def _refuse_mixture_of_experts(config: ModelConfig) -> None:
-    # the layers only build a dense FFN; building one for an MoE config would silently train another model
-    if config.moe.expert_num > 1:
-        raise ConfigError(f"moe.expert_num is {config.moe.expert_num}, but mixture-of-experts layers are not "
-                          "implemented yet; use expert_num 1 (a dense FFN)")
 
 
 class CausalLM(nn.Cell):
@@ -46,7 +40,6 @@ class CausalLM(nn.Cell):
         super().__init__()
         if self.family and config.family != self.family:
             raise InputError(f"{type(self).__name__} needs a {self.family} config, got family {config.family!r}")
-        _refuse_mixture_of_experts(config)
         self.config = config
         self.backbone = Backbone(config)
         self._graphs: dict[str, nn.Cell] = {}
@@ -122,10 +115,15 @@ class CausalLM(nn.Cell):
         """Continue each prompt with the KV cache; see `pangu_zoo.inference.generation.generate`."""
         return generation.generate(self, input_ids, max_new_tokens=max_new_tokens, **kwargs)
 
+    def named_weights(self) -> list[tuple[str, ms.Parameter]]:
+        """(name, parameter) of the weights a checkpoint holds: runtime state such as the MoE routing statistics
+        is left out."""
+        return [(name, param) for name, param in self.parameters_and_names() if not name.endswith(STATS_NAME)]
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """Parameters as `{released name: fp32/fp16 NumPy array}` (bf16 is widened to fp32)."""
         out = {}
-        for name, param in self.parameters_and_names():
+        for name, param in self.named_weights():
             # NumPy has no bf16 (and CPU has no bf16 Identity kernel): cast straight from the parameter
             value = ms.ops.cast(param, ms.float32) if param.dtype == ms.bfloat16 else param.value()
             out[name] = value.asnumpy()
@@ -133,7 +131,7 @@ class CausalLM(nn.Cell):
 
     def load_state_dict(self, weights: dict[str, np.ndarray], strict: bool = True) -> None:
         """Copy `weights` into the parameters, checking names and shapes first (nothing changes on error)."""
-        params = dict(self.parameters_and_names())
+        params = dict(self.named_weights())
         missing = sorted(set(params) - set(weights))
         unexpected = sorted(set(weights) - set(params))
         if strict and (missing or unexpected):

@@ -22,31 +22,8 @@ from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal, initializer
 
 from pangu_zoo.config import ModelConfig
-
-_MS_DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
-
-
-def ms_dtype(name: str):
-    return _MS_DTYPES[name]
-
-
-def _cast(x, dtype):
-    return x if x.dtype == dtype else ops.cast(x, dtype)
-
-
-class Dropout(nn.Cell):
-    """Dropout with its primitive exposed for sharding; the identity when not training or p == 0."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-        self.dropout = ops.Dropout(keep_prob=1.0 - p)
-
-    def construct(self, x):
-        if not self.training or self.p == 0.0:
-            return x
-        out, _ = self.dropout(x)
-        return out
+from pangu_zoo.models.basics import Dropout, _cast, ms_dtype
+from pangu_zoo.models.moe import MixtureOfExperts
 
 
 class Embedding(nn.Cell):
@@ -105,7 +82,10 @@ class LayerNorm(nn.Cell):
 
 
 class Linear(nn.Cell):
-    """Affine map with bias. `weight_out_in=True` stores the weight [out, in] (torch layout), else [in, out]."""
+    """Affine map with bias. `weight_out_in=True` stores the weight [out, in] (torch layout), else [in, out].
+
+    `lora`, when set (`pangu_zoo.models.lora.apply_lora`), is a low-rank adapter cell whose update is added to
+    the output: `lora(x, y)` for tokens x [N, in] and y [N, out]."""
 
     def __init__(self, n_in: int, n_out: int, std: float, dtype, compute_dtype, weight_out_in: bool) -> None:
         super().__init__()
@@ -116,10 +96,13 @@ class Linear(nn.Cell):
         self.matmul = ops.MatMul(transpose_b=weight_out_in)
         self.bias_add = ops.Add()
         self.n_out = n_out
+        self.weight_out_in = weight_out_in
+        self.lora = None
 
     def _affine(self, x2):
         y = self.matmul(_cast(x2, self.compute_dtype), _cast(self.weight, self.compute_dtype))
-        return self.bias_add(y, _cast(self.bias, self.compute_dtype))
+        y = self.bias_add(y, _cast(self.bias, self.compute_dtype))
+        return y if self.lora is None else self.lora(x2, y)
 
     def construct(self, x):
         if x.ndim == 2:  # already tokens [N, in]: no reshapes
@@ -248,32 +231,47 @@ class Block(nn.Cell):
     layer-normed) while key and value come from LN1(x).
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, dense: bool = False) -> None:
         super().__init__()
         dtype = ms_dtype(config.param_dtype)
         out_std = config.initializer_range / math.sqrt(2.0 * config.num_layers)
         self.layernorm1 = LayerNorm(config.hidden_size, config.layernorm_epsilon, dtype)
         self.attention = Attention(config, out_std)
         self.layernorm2 = LayerNorm(config.hidden_size, config.layernorm_epsilon, dtype)
-        self.output = FeedForward(config, out_std)
+        self.use_moe = config.moe.expert_num > 1 and not dense
+        if self.use_moe:
+            self.output = MixtureOfExperts(config, out_std)
+        else:
+            self.output = FeedForward(config, out_std)
         self.compute_dtype = ms_dtype(config.compute_dtype)
         self.residual_add = ops.Add()
+        self.no_aux = ms.Tensor(0.0, ms.float32)
 
     def _ffn_residual(self, x):
-        return self.residual_add(x, _cast(self.output(_cast(self.layernorm2(x), self.compute_dtype)), x.dtype))
+        """x + FFN(LN2(x)) and the FFN's load-balance loss (0 for a dense FFN)."""
+        y = self.output(_cast(self.layernorm2(x), self.compute_dtype))
+        y, aux = y if self.use_moe else (y, self.no_aux)
+        return self.residual_add(x, _cast(y, x.dtype)), aux
 
-    def construct(self, x, bias, query=None):
-        """x [B, S, h] -> (x', k, v)."""
+    def layer(self, x, bias, query=None):
+        """x [B, S, h] -> (x', k, v, aux loss)."""
         a = _cast(self.layernorm1(x), self.compute_dtype)
         q_in = a if query is None else query
         attn, k, v = self.attention(q_in, a, bias)
-        return self._ffn_residual(self.residual_add(x, _cast(attn, x.dtype))), k, v
+        x, aux = self._ffn_residual(self.residual_add(x, _cast(attn, x.dtype)))
+        return x, k, v, aux
+
+    def construct(self, x, bias, query=None):
+        """x [B, S, h] -> (x', k, v)."""
+        x, k, v, _ = self.layer(x, bias, query)
+        return x, k, v
 
     def step(self, x, bias, slot, k_cache, v_cache, query=None):
         a = _cast(self.layernorm1(x), self.compute_dtype)
         q_in = a if query is None else query
         attn, k_cache, v_cache = self.attention.step(q_in, a, bias, slot, k_cache, v_cache)
-        return self._ffn_residual(self.residual_add(x, _cast(attn, x.dtype))), k_cache, v_cache
+        x, _ = self._ffn_residual(self.residual_add(x, _cast(attn, x.dtype)))
+        return x, k_cache, v_cache
 
 
 class Backbone(nn.Cell):
@@ -296,11 +294,12 @@ class Backbone(nn.Cell):
         self.has_top_query = config.has_top_query_layer
         if self.has_top_query:
             self.top_query_embedding = Embedding(config.max_position_embeddings, h, TruncatedNormal(std), table)
-            self.top_query_layer = Block(config)
+            self.top_query_layer = Block(config, dense=True)  # dense even in an MoE model, as the reference
         self.embedding_sum = EmbeddingSum(config.dropout_rate)
         self.head = LMHead(ms_dtype(config.compute_dtype))
         self.compute_dtype = ms_dtype(config.compute_dtype)
         self.num_layers = config.num_layers
+        self.moe = config.moe.expert_num > 1
 
     def _embed(self, input_ids, position_ids):
         return self.embedding_sum(self.word_embedding(input_ids), self.position_embedding(position_ids))
@@ -312,13 +311,21 @@ class Backbone(nn.Cell):
         """input_ids, position_ids [B, S] int32; bias [B, 1, S, S] fp32 -> hidden [B, S, h] fp32.
 
         Training and the plain forward graph need no keys/values, so this path does not build them."""
+        x, _ = self.hidden_and_aux(input_ids, position_ids, bias)
+        return x
+
+    def hidden_and_aux(self, input_ids, position_ids, bias):
+        """As `construct`, also returning the summed load-balance loss of the MoE layers (0 when dense)."""
         x = self._embed(input_ids, position_ids)
+        aux = 0.0
         for block in self.blocks:
-            x, _, _ = block(x, bias)
+            x, _, _, layer_aux = block.layer(x, bias)
+            if self.moe:  # a dense model's graph stays free of the constant zeros
+                aux = aux + layer_aux
         x = self.layernorm(x)
         if self.has_top_query:
             x, _, _ = self.top_query_layer(x, bias, self._top_query(position_ids))
-        return x
+        return x, aux
 
     def prefill(self, input_ids, position_ids, bias):
         """As `construct`, also returning keys/values: tuples with one [B, n, S, d] tensor per layer."""

@@ -78,6 +78,7 @@ class LanguageModelWithLoss(nn.Cell):
         self.mask_mul = ops.Mul()
         self.mask_cast = ops.Cast()
         self.mask_expand = ops.ExpandDims()
+        self.aux_add = ops.Add()
         self.one = ms.Tensor(1.0, ms.float32)
         self.blocked = ms.Tensor(MASK_VALUE, ms.float32)
 
@@ -88,7 +89,10 @@ class LanguageModelWithLoss(nn.Cell):
         tokens = self.slice_tokens(input_ids, (0, 0), (batch, width - 1), (1, 1))
         labels = self.slice_labels(input_ids, (0, 1), (batch, width), (1, 1))
         bias = self.mask_mul(self.mask_sub(self.one, self.mask_cast(attention_mask, ms.float32)), self.blocked)
-        hidden = self.model.backbone(tokens, position_ids, self.mask_expand(bias, 1))
+        hidden, aux = self.model.backbone.hidden_and_aux(tokens, position_ids, self.mask_expand(bias, 1))
         # logits as tokens x vocab: no reshape after the head, whose table may be a sliced parameter
         logits = self.model.backbone.logits(hidden.reshape(-1, hidden.shape[-1]))
-        return self.loss(logits, labels, self.loss_mask_cast(loss_mask, ms.float32))
+        loss = self.loss(logits, labels, self.loss_mask_cast(loss_mask, ms.float32))
+        if self.model.backbone.moe:  # the load-balance loss trains the routers (the reference dropped it)
+            loss = self.aux_add(loss, aux)
+        return loss

@@ -38,6 +38,54 @@ BLOCK_OPS = {
     "output.projection.bias_add": "ffn.projection.bias_add",
     "output.dropout.dropout": "ffn.dropout",
 }
+# primitive path inside a Block whose FFN is a mixture of experts (the attention and norms as BLOCK_OPS)
+MOE_FFN_OPS = {
+    "output.router.matmul": "moe.router.matmul",
+    "output.router.softmax": "moe.router.softmax",
+    "output.not_chosen": "moe.not_chosen",
+    "output.remaining_mul": "moe.route.mul",
+    "output.remaining_sum": "moe.route.reduce",
+    "output.remaining_div": "moe.route.div",
+    "output.argmax": "moe.route.reduce",
+    "output.expert_onehot": "moe.route.onehot",
+    "output.density_mean": "moe.route.reduce",
+    "output.proxy_mean": "moe.route.reduce",
+    "output.balance_mul": "moe.route.token_pair",
+    "output.balance_mean": "moe.balance.reduce",
+    "output.chosen_add": "moe.route.add",
+    "output.slot_cumsum": "moe.route.reduce",
+    "output.slot_offset_add": "moe.route.add",
+    "output.slot_pick_mul": "moe.route.mul",
+    "output.slot_pick_sum": "moe.route.reduce",
+    "output.keep_less": "moe.route.token_scalar",
+    "output.keep_cast": "moe.route.token_cast",
+    "output.gate_keep_mul": "moe.route.token_pair",
+    "output.kept_mul": "moe.route.mul",
+    "output.kept_count": "moe.route.reduce",
+    "output.held_add": "moe.route.add",
+    "output.slot_clip": "moe.route.token_scalar",
+    "output.slot_index_cast": "moe.route.token_cast",
+    "output.slot_onehot": "moe.route.onehot",
+    "output.gate_expert_mul": "moe.route.mul",
+    "output.combine_mul": "moe.combine.pair",
+    "output.combine_add": "moe.combine.pair",
+    "output.combine_sum": "moe.combine.reduce",
+    "output.combine_eps_add": "moe.combine.eps_add",
+    "output.combine_div": "moe.combine.pair",
+    "output.dispatch_ne": "moe.dispatch.compare",
+    "output.dispatch_cast": "moe.dispatch.cast",
+    "output.dispatch_matmul": "moe.tokens.batch_matmul",
+    "output.to_experts": "moe.experts.transpose",
+    "output.mapping.matmul": "moe.mapping.batch_matmul",
+    "output.mapping.bias_add": "moe.mapping.bias_add",
+    "output.activation": "moe.activation",
+    "output.projection.matmul": "moe.projection.batch_matmul",
+    "output.projection.bias_add": "moe.projection.bias_add",
+    "output.from_experts": "moe.experts.transpose",
+    "output.combine_matmul": "moe.tokens.batch_matmul",
+    "output.dropout.dropout": "moe.dropout",
+}
+ATTENTION_AND_NORM_OPS = {path: entry for path, entry in BLOCK_OPS.items() if not path.startswith("output.")}
 # primitive path inside the Backbone -> entry (blocks are handled by BLOCK_OPS)
 BACKBONE_OPS = {
     "word_embedding.gather": "word_embedding.gather",
@@ -60,6 +108,7 @@ LOSS_OPS = {
     **{f"loss.{name}": f"loss.{name}" for name in (
         "max", "sub", "exp", "sum_exp", "log", "onehot", "pick_mul", "pick_sum", "log_softmax", "pick_gather",
         "nll_sub", "mask_cast", "mask_mul", "masked_sum", "mask_sum")},
+    "aux_add": "loss.aux_add",
 }
 
 
@@ -84,7 +133,8 @@ def model_placement_map(model) -> dict[str, str]:
         entries.update({f"backbone.{path}": entry for path, entry in TOP_QUERY_OPS.items()})
         blocks.append("top_query_layer")
     for block in blocks:
-        entries.update({f"backbone.{block}.{path}": entry for path, entry in BLOCK_OPS.items()})
+        ops = {**ATTENTION_AND_NORM_OPS, **MOE_FFN_OPS} if _attribute(backbone, block).use_moe else BLOCK_OPS
+        entries.update({f"backbone.{block}.{path}": entry for path, entry in ops.items()})
     return entries
 
 
@@ -102,6 +152,9 @@ def place_model(model, parallel: ParallelConfig) -> None:
     blocks = list(backbone.blocks) + ([backbone.top_query_layer] if backbone.has_top_query else [])
     for block in blocks:
         block.attention.sharded_cache_write = True
+        if block.use_moe:  # routing groups never cross a data-parallel split
+            block.output.groups, block.output.expert_parallel = parallel.data_parallel, parallel.expert_parallel
+            block.output.record_stats = False
     if parallel.pipeline_stage > 1:
         stages = layer_stages(model.config, parallel)
         for name in ("word_embedding", "position_embedding", "embedding_sum"):

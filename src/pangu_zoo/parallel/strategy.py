@@ -7,6 +7,8 @@ and compiling it are separate steps, so the table can be read and tested on its 
 
 from __future__ import annotations
 
+import math
+
 from pangu_zoo.config import ModelConfig, ParallelConfig
 from pangu_zoo.errors import ConfigError
 
@@ -121,6 +123,8 @@ def strategy_table(parallel: ParallelConfig) -> dict[str, Strategy]:
         "ffn.projection.bias_add": ((dp, 1), (1,)),
         "ffn.dropout": ((dp, 1),),
         "head.matmul": ((dp, 1), (mp, 1)) if vocab_split else ((dp, 1), (1, 1)),
+        "loss.aux_add": ((), ()),
+        **moe_strategies(parallel),
         "loss.max": ((dp, vp),),
         "loss.sub": ((dp, vp), (dp, 1)),
         "loss.exp": ((dp, vp),),
@@ -139,8 +143,85 @@ def strategy_table(parallel: ParallelConfig) -> dict[str, Strategy]:
     }
 
 
-def op_input_shapes(model: ModelConfig, batch: int, seq: int) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """The input shapes of each op of `strategy_table` for a global batch, as the cells lay them out."""
+def moe_strategies(parallel: ParallelConfig) -> dict[str, Strategy]:
+    """The MoE FFN's ops (`pangu_zoo.models.moe`): routing split by group (G = dp), experts split over the ep
+    ways of each group with G factored as (ep, dp/ep), so moving tokens to and from the experts is one
+    AllToAll each way in the ep group (docs/moe.md); inside an expert the FFN is split over mp as the dense one."""
+    dp, mp, ep = parallel.data_parallel, parallel.model_parallel, parallel.expert_parallel
+    r = max(dp // ep, 1)
+    by_group = ((dp, 1, 1),)
+    pair = ((dp, 1, 1), (dp, 1, 1))
+    table = {
+        "moe.router.matmul": ((dp, 1), (1, 1)),
+        "moe.router.softmax": by_group,
+        "moe.not_chosen": ((), (dp, 1, 1)),
+        "moe.route.mul": pair,
+        "moe.route.add": pair,
+        "moe.route.reduce": by_group,
+        "moe.route.div": pair,
+        "moe.route.onehot": ((dp, 1, 1), (), ()),
+        "moe.route.token_scalar": ((dp, 1), ()),
+        "moe.route.token_pair": ((dp, 1), (dp, 1)),
+        "moe.route.token_cast": ((dp, 1),),
+        "moe.balance.reduce": ((dp, 1),),
+        "moe.combine.pair": ((dp, 1, 1, 1), (dp, 1, 1, 1)),
+        "moe.combine.reduce": ((dp, 1, 1, 1),),
+        "moe.combine.eps_add": ((dp, 1, 1, 1), ()),
+        "moe.dispatch.compare": ((dp, 1, 1), ()),
+        "moe.dispatch.cast": by_group,
+        "moe.tokens.batch_matmul": pair,  # dispatch [G, T, E*C]^T x [G, T, h]; combine [G, T, E*C] x [G, E*C, h]
+        "moe.experts.transpose": ((ep, r, 1, 1, 1),),
+        "moe.mapping.batch_matmul": ((ep, r, 1), (ep, 1, mp)),
+        "moe.mapping.bias_add": ((ep, r, mp), (ep, 1, mp)),
+        "moe.activation": ((ep, r, mp),),
+        "moe.projection.batch_matmul": ((ep, r, mp), (ep, mp, 1)),
+        "moe.projection.bias_add": ((ep, r, 1), (ep, 1, 1)),
+        "moe.dropout": ((dp, 1, 1),),
+    }
+    return table
+
+
+def moe_input_shapes(model: ModelConfig, batch: int, seq: int, groups: int,
+                     expert_parallel: int) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """The input shapes of the MoE FFN's ops in training (capacity from the config)."""
+    h, f, e = model.hidden_size, model.ffn_hidden_size, model.moe.expert_num
+    t = batch * seq // groups
+    c = math.ceil(model.moe.num_experts_chosen * t * model.moe.capacity_factor / e)
+    r = groups // expert_parallel
+    per_token, slots = (groups, t, e), (groups, t, e, c)
+    return {
+        "moe.router.matmul": ((batch * seq, h), (h, e)),
+        "moe.router.softmax": (per_token,),
+        "moe.not_chosen": ((), per_token),
+        "moe.route.mul": (per_token, per_token),
+        "moe.route.add": (per_token, per_token),
+        "moe.route.reduce": (per_token,),
+        "moe.route.div": (per_token, per_token),
+        "moe.route.onehot": (per_token, (), ()),
+        "moe.route.token_scalar": ((groups, t), ()),
+        "moe.route.token_pair": ((groups, t), (groups, t)),
+        "moe.route.token_cast": ((groups, t),),
+        "moe.balance.reduce": ((groups, e),),
+        "moe.combine.pair": (slots, slots),
+        "moe.combine.reduce": (slots,),
+        "moe.combine.eps_add": ((groups, t, 1, 1), ()),
+        "moe.dispatch.compare": ((groups, t, e * c), ()),
+        "moe.dispatch.cast": ((groups, t, e * c),),
+        "moe.tokens.batch_matmul": ((groups, t, e * c), (groups, t, h)),
+        "moe.experts.transpose": ((expert_parallel, r, e, c, h),),
+        "moe.mapping.batch_matmul": ((e, groups * c, h), (e, h, f)),
+        "moe.mapping.bias_add": ((e, groups * c, f), (e, 1, f)),
+        "moe.activation": ((e, groups * c, f),),
+        "moe.projection.batch_matmul": ((e, groups * c, f), (e, f, h)),
+        "moe.projection.bias_add": ((e, groups * c, h), (e, 1, h)),
+        "moe.dropout": ((batch, seq, h),),
+    }
+
+
+def op_input_shapes(model: ModelConfig, batch: int, seq: int, groups: int = 1,
+                    expert_parallel: int = 1) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """The input shapes of each op of `strategy_table` for a global batch, as the cells lay them out (MoE routing
+    groups: `groups` = data-parallel ways)."""
     h, n, d, f, v = model.hidden_size, model.num_heads, model.head_dim, model.ffn_hidden_size, model.vocab_size
     tokens, p = batch * seq, model.max_position_embeddings
     heads, hidden, square = (batch, n, seq, d), (batch, seq, h), (batch, seq, seq)
@@ -181,6 +262,8 @@ def op_input_shapes(model: ModelConfig, batch: int, seq: int) -> dict[str, tuple
         "ffn.projection.bias_add": ((tokens, h), (h,)),
         "ffn.dropout": ((tokens, h),),
         "head.matmul": ((tokens, h), (v, h)),
+        "loss.aux_add": ((), ()),
+        **moe_input_shapes(model, batch, seq, groups, expert_parallel),
         "loss.max": ((tokens, v),),
         "loss.sub": ((tokens, v), (tokens, 1)),
         "loss.exp": ((tokens, v),),
