@@ -82,26 +82,31 @@ class LayerNorm(nn.Cell):
 
 
 class Linear(nn.Cell):
-    """Affine map with bias. `weight_out_in=True` stores the weight [out, in] (torch layout), else [in, out].
+    """Affine map, with a bias unless `bias=False`. `weight_out_in=True` stores the weight [out, in] (torch
+    layout), else [in, out].
 
     `lora`, when set (`pangu_zoo.models.lora.apply_lora`), is a low-rank adapter cell whose update is added to
     the output: `lora(x, y)` for tokens x [N, in] and y [N, out]."""
 
-    def __init__(self, n_in: int, n_out: int, std: float, dtype, compute_dtype, weight_out_in: bool) -> None:
+    def __init__(self, n_in: int, n_out: int, std: float, dtype, compute_dtype, weight_out_in: bool,
+                 bias: bool = True) -> None:
         super().__init__()
         shape = [n_out, n_in] if weight_out_in else [n_in, n_out]
         self.weight = Parameter(initializer(Normal(std), shape, dtype), name="weight")
-        self.bias = Parameter(initializer("zeros", [n_out], dtype), name="bias")
+        self.has_bias = bias
+        if bias:
+            self.bias = Parameter(initializer("zeros", [n_out], dtype), name="bias")
+            self.bias_add = ops.Add()
         self.compute_dtype = compute_dtype
         self.matmul = ops.MatMul(transpose_b=weight_out_in)
-        self.bias_add = ops.Add()
         self.n_out = n_out
         self.weight_out_in = weight_out_in
         self.lora = None
 
     def _affine(self, x2):
         y = self.matmul(_cast(x2, self.compute_dtype), _cast(self.weight, self.compute_dtype))
-        y = self.bias_add(y, _cast(self.bias, self.compute_dtype))
+        if self.has_bias:
+            y = self.bias_add(y, _cast(self.bias, self.compute_dtype))
         return y if self.lora is None else self.lora(x2, y)
 
     def construct(self, x):
@@ -300,6 +305,7 @@ class Backbone(nn.Cell):
         self.compute_dtype = ms_dtype(config.compute_dtype)
         self.num_layers = config.num_layers
         self.moe = config.moe.expert_num > 1
+        self.aux_add = ops.Add()
 
     def _embed(self, input_ids, position_ids):
         return self.embedding_sum(self.word_embedding(input_ids), self.position_embedding(position_ids))
@@ -317,11 +323,11 @@ class Backbone(nn.Cell):
     def hidden_and_aux(self, input_ids, position_ids, bias):
         """As `construct`, also returning the summed load-balance loss of the MoE layers (0 when dense)."""
         x = self._embed(input_ids, position_ids)
-        aux = 0.0
+        aux = None
         for block in self.blocks:
             x, _, _, layer_aux = block.layer(x, bias)
             if self.moe:  # a dense model's graph stays free of the constant zeros
-                aux = aux + layer_aux
+                aux = layer_aux if aux is None else self.aux_add(aux, layer_aux)
         x = self.layernorm(x)
         if self.has_top_query:
             x, _, _ = self.top_query_layer(x, bias, self._top_query(position_ids))

@@ -38,10 +38,13 @@ class MaskedCrossEntropy(nn.Cell):
         self.mask_cast = ops.Cast()
         self.masked_sum = ops.ReduceSum()
         self.mask_sum = ops.ReduceSum()
+        self.aux_sum = ops.ReduceSum()
+        self.aux_add = ops.Add()
         self.on = ms.Tensor(1.0, ms.float32)
         self.off = ms.Tensor(0.0, ms.float32)
 
-    def construct(self, logits, labels, mask):
+    def construct(self, logits, labels, mask, aux=None):
+        """aux: the MoE load-balance loss [1], added here so that it joins the loss on the loss's pipeline stage."""
         vocab = self.vocab_size
         logits = ops.cast(logits, ms.float32)
         if logits.ndim != 2:
@@ -56,7 +59,10 @@ class MaskedCrossEntropy(nn.Cell):
         else:  # the fused log-softmax kernel is faster when the vocabulary axis is whole
             nll = -self.pick_gather(self.log_softmax(logits), 1, labels.reshape(-1, 1)).reshape(-1)
         mask = self.mask_cast(mask.reshape(-1), ms.float32)
-        return self.masked_sum(self.mask_mul(nll, mask), ()) / (self.mask_sum(mask, ()) + 1e-5)
+        loss = self.masked_sum(self.mask_mul(nll, mask), ()) / (self.mask_sum(mask, ()) + 1e-5)
+        if aux is None:
+            return loss
+        return self.aux_add(loss, self.aux_sum(aux))
 
 
 class LanguageModelWithLoss(nn.Cell):
@@ -78,7 +84,6 @@ class LanguageModelWithLoss(nn.Cell):
         self.mask_mul = ops.Mul()
         self.mask_cast = ops.Cast()
         self.mask_expand = ops.ExpandDims()
-        self.aux_add = ops.Add()
         self.one = ms.Tensor(1.0, ms.float32)
         self.blocked = ms.Tensor(MASK_VALUE, ms.float32)
 
@@ -92,7 +97,6 @@ class LanguageModelWithLoss(nn.Cell):
         hidden, aux = self.model.backbone.hidden_and_aux(tokens, position_ids, self.mask_expand(bias, 1))
         # logits as tokens x vocab: no reshape after the head, whose table may be a sliced parameter
         logits = self.model.backbone.logits(hidden.reshape(-1, hidden.shape[-1]))
-        loss = self.loss(logits, labels, self.loss_mask_cast(loss_mask, ms.float32))
         if self.model.backbone.moe:  # the load-balance loss trains the routers (the reference dropped it)
-            loss = self.aux_add(loss, aux)
-        return loss
+            return self.loss(logits, labels, self.loss_mask_cast(loss_mask, ms.float32), aux)
+        return self.loss(logits, labels, self.loss_mask_cast(loss_mask, ms.float32))

@@ -105,6 +105,7 @@ class MixtureOfExperts(nn.Cell):
         self.proxy_mean = ops.ReduceMean()
         self.balance_mul = ops.Mul()
         self.balance_mean = ops.ReduceMean()
+        self.balance_add = ops.Add()
         self.chosen_add = ops.Add()
         self.slot_cumsum = ops.CumSum(exclusive=True)
         self.slot_offset_add = ops.Add()
@@ -141,17 +142,19 @@ class MixtureOfExperts(nn.Cell):
         return math.ceil(self.chosen * tokens_per_group * self.capacity_factor / self.experts)
 
     def route(self, probs, capacity: int):
-        """probs [G, T, E] -> (combine [G, T, E, C] fp32, load-balance term, kept picks per expert [G, 1, E])."""
+        """probs [G, T, E] -> (combine [G, T, E, C] fp32, sum over rounds of mean_e(density * proxy) (the
+        load-balance term without its E^2), kept picks per expert [G, 1, E])."""
         g, t, e = probs.shape
         chosen = held = combine = None  # experts picked so far [G, T, E]; kept tokens per expert [G, 1, E]
-        balance = 0.0
+        balance = None
         for _ in range(self.chosen):
             remaining = probs if chosen is None else self.remaining_mul(probs, self.not_chosen(self.on, chosen))
             expert, gate = self.argmax(remaining)  # [G, T] each; gate is the unrenormalised probability
             onehot = self.expert_onehot(expert, e, self.on, self.off)  # [G, T, E]
             proxy = self.remaining_div(remaining, self.remaining_sum(remaining, -1))
             density = self.density_mean(onehot, 1)  # [G, E]
-            balance = balance + self.balance_mean(self.balance_mul(density, self.proxy_mean(proxy, 1))) * (e * e)
+            term = self.balance_mean(self.balance_mul(density, self.proxy_mean(proxy, 1)))
+            balance = term if balance is None else self.balance_add(balance, term)
             chosen = onehot if chosen is None else self.chosen_add(chosen, onehot)
             slots = self.slot_cumsum(onehot, 1)  # this round's earlier tokens of the same expert
             if held is not None:
@@ -192,7 +195,8 @@ class MixtureOfExperts(nn.Cell):
         expert_out = self.from_experts(expert_out, (2, 1, 0, 3, 4)).reshape(g, e * capacity, h)
         y = self.combine_matmul(_cast(combine, self.compute_dtype), expert_out)  # [G, T, h]
         y = self.dropout(y.reshape(shape))
-        aux = balance * self.aux_loss_factor
+        # [1], not a 0-d scalar: a 0-d tensor sent between pipeline stages arrives as a Python scalar
+        aux = (balance * (self.aux_loss_factor * e * e)).reshape(1)
         if self.training and self.record_stats:
             picks = float(self.chosen * g * t)
             load = held.reshape(g, e).sum(0)

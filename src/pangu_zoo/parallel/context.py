@@ -25,7 +25,10 @@ def configure_parallel(parallel: ParallelConfig, device_num: int, parallel_mode:
     if parallel_mode in SHARDED_MODES:
         settings.update(dataset_strategy="full_batch" if full_batch else "data_parallel",
                         enable_parallel_optimizer=parallel.optimizer_shard,
-                        pipeline_stages=parallel.pipeline_stage)
+                        pipeline_stages=parallel.pipeline_stage,
+                        # experts split over devices: tokens move by AllToAll (MindSpore's default is off, which
+                        # gathers and scatters whole tensors instead)
+                        enable_alltoall=parallel.expert_parallel > 1)
         if parallel.pipeline_stage > 1:
             settings["loss_repeated_mean"] = True
         if strategy_load_file:

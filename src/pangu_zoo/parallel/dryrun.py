@@ -158,7 +158,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"dry run: {config.family} h={config.hidden_size} layers={config.num_layers} "
           f"seq={config.max_position_embeddings}"
           f" on {device_num} devices = dp {parallel.data_parallel} x mp {parallel.model_parallel} x stages "
-          f"{parallel.pipeline_stage} (micro {parallel.micro_batch_num}, optimizer shard "
+          f"{parallel.pipeline_stage}" + (f" (experts {config.moe.expert_num} over ep {parallel.expert_parallel}, "
+                                           f"top-{config.moe.num_experts_chosen})" if config.moe.expert_num > 1 else "")
+          + f" (micro {parallel.micro_batch_num}, optimizer shard "
           f"{int(parallel.optimizer_shard)}, word_emb_dp {int(parallel.vocab_emb_dp)}), "
           f"{batch_description(parallel, args.per_batch_size)}; "
           f"compiling rank(s) {', '.join(map(str, ranks))}", flush=True)
@@ -170,7 +172,18 @@ def describe(report: dict, wall: float, peak: int, brief: bool) -> str:
     text = (f"rank {report['rank']} (stage {report['stage']}): compiled in {report['compile_s']:.1f} s "
             f"({wall:.1f} s process, peak RSS {_mb(peak)}); holds {_holds_text(report['holds'])}; parameters "
             f"{_mb(report['parameter_bytes'])} + Adam state {_mb(report['optimizer_bytes'])}")
+    if report.get("moe_layers"):
+        text += "\n  " + moe_text(report)
     return text if brief else text + "\n" + "\n".join(parameter_lines(report))
+
+
+def moe_text(report: dict) -> str:
+    """The MoE line of a rank: its MoE layers, the AllToAlls of the step and the experts' slices."""
+    layers, alltoall = report["moe_layers"], report["collectives"]["AlltoAll"]
+    experts = [p for p in report["parameters"] if p["name"].endswith("output.mapping.weight")]
+    slices = f"; expert weights {experts[0]['full_shape']} -> {experts[0]['slice_shape']}" if experts else ""
+    return (f"MoE: {layers} layer(s) on this rank, {alltoall} AlltoAll in the step "
+            f"({alltoall / layers:g} per layer: forward and backward){slices}")
 
 
 def describe_predict(report: dict, wall: float, peak: int, brief: bool) -> str:

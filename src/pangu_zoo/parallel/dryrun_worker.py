@@ -96,6 +96,7 @@ def compile_rank(spec: dict) -> dict:
     compile_s = time.perf_counter() - start
     ms.set_context(save_graphs=0)
     norm_groups = global_norm_groups(ir_dir)
+    collectives = collective_counts(ir_dir)
     if not norm_groups:
         raise RuntimeError("the compiled training step has no all-reduce of the gradient norm")
 
@@ -124,15 +125,29 @@ def compile_rank(spec: dict) -> dict:
         holds.append("head")
     return {"rank": rank, "stage": stage, "device_num": device_num, "compile_s": round(compile_s, 2),
             "holds": holds, "parameter_bytes": param_bytes, "optimizer_bytes": optimizer_bytes,
-            "global_norm_allreduce": norm_groups, "parameters": parameters}
+            "global_norm_allreduce": norm_groups, "collectives": collectives,
+            "moe_layers": sum(block.use_moe for i, block in enumerate(model.backbone.blocks)
+                              if stages[f"blocks.{i}"] == stage),
+            "parameters": parameters}
+
+
+def _validate_ir(ir_dir: Path) -> str:
+    dumps = sorted(ir_dir.rglob("*validate*.ir"), key=lambda path: path.stat().st_mtime)
+    if not dumps:
+        raise RuntimeError("no IR dump of the training step was written")
+    return dumps[-1].read_text()
+
+
+def collective_counts(ir_dir: Path) -> dict[str, int]:
+    """How many of each collective the compiled training step runs (forward and backward), from its validate IR."""
+    text = _validate_ir(ir_dir)
+    names = ("AlltoAll", "AllReduce", "AllGather", "ReduceScatter", "Send", "Receive")
+    return {name: len(re.findall(rf"= {name}\(", text)) for name in names}
 
 
 def global_norm_groups(ir_dir: Path) -> list[str]:
     """The communication groups of the gradient-norm all-reduces in the compiled graph's validate IR dump."""
-    dumps = sorted(ir_dir.rglob("*validate*.ir"), key=lambda path: path.stat().st_mtime)
-    if not dumps:
-        raise RuntimeError("no IR dump of the training step was written")
-    lines = [line for line in dumps[-1].read_text().splitlines() if "AllReduce" in line and "global_norm" in line]
+    lines = [line for line in _validate_ir(ir_dir).splitlines() if "AllReduce" in line and "global_norm" in line]
     return [m.group(1) for line in lines for m in [re.search(r'group: "([^"]+)"', line)] if m]
 
 

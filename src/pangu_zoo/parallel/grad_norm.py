@@ -30,6 +30,12 @@ _MODEL_PARALLEL_AXIS = {
     "output.mapping.weight": 1,  # [in, out], column-parallel
     "output.mapping.bias": 0,
     "output.projection.weight": 0,  # row-parallel
+    # LoRA adapters (A [r, in], B [out, r]) split as their base layer: B by output rows on column-parallel layers,
+    # A by input columns on row-parallel ones; the other matrix is whole
+    **{f"attention.dense{i}.lora.b": 0 for i in (1, 2, 3)},
+    "attention.projection.lora.a": 1,
+    "output.mapping.lora.b": 0,
+    "output.projection.lora.a": 1,
 }
 
 
@@ -55,16 +61,27 @@ def optimizer_sharded(name: str, shape: tuple[int, ...], item_bytes: int, parall
     threshold = MINDSPORE_OPT_SHARD_THRESHOLD_KB if threshold_kb is None else threshold_kb
     if math.prod(shape) * item_bytes / 1024 < threshold:
         return False
-    axis = model_parallel_axis(name, parallel)
-    replicas = _replicas(axis, parallel)
-    split = replicas * (parallel.model_parallel if axis == 0 else 1)
+    slices, first_axis_parts = _slices(name, shape, parallel)
+    split = _replicas(slices, parallel) * first_axis_parts
     return shape[0] >= split and shape[0] % split == 0
 
 
-def _replicas(axis: int | None, parallel: ParallelConfig) -> int:
-    """Ranks of one stage that hold the same model-parallel slice."""
-    stage_ranks = parallel.data_parallel * parallel.model_parallel
-    return stage_ranks if axis is None else stage_ranks // parallel.model_parallel
+def _slices(name: str, shape: tuple[int, ...], parallel: ParallelConfig) -> tuple[int, int]:
+    """(distinct slices of a parameter within a stage, parts its first axis is cut into) under the strategy table:
+    MoE expert weights [E, in, out] are split over the expert-parallel ways (axis 0) and inside each expert over mp
+    (the projection's bias [E, 1, h] over ep only); other parameters over mp along `model_parallel_axis`."""
+    if len(shape) == 3 and (".output.mapping." in name or ".output.projection." in name):
+        ep, mp = parallel.expert_parallel, parallel.model_parallel
+        return (ep, ep) if name.endswith("projection.bias") else (ep * mp, ep)
+    axis = model_parallel_axis(name, parallel)
+    if axis is None:
+        return 1, 1
+    return parallel.model_parallel, parallel.model_parallel if axis == 0 else 1
+
+
+def _replicas(slices: int, parallel: ParallelConfig) -> int:
+    """Ranks of one stage that hold the same slice."""
+    return parallel.data_parallel * parallel.model_parallel // slices
 
 
 def gradient_copies(name: str, shape: tuple[int, ...], item_bytes: int, parallel: ParallelConfig,
@@ -72,7 +89,7 @@ def gradient_copies(name: str, shape: tuple[int, ...], item_bytes: int, parallel
     """How many ranks of a stage hold the same slice of this parameter's gradient when the norm is taken."""
     if optimizer_sharded(name, shape, item_bytes, parallel, threshold_kb, stage_shared):
         return 1
-    return _replicas(model_parallel_axis(name, parallel), parallel)
+    return _replicas(_slices(name, shape, parallel)[0], parallel)
 
 
 def stage_shared(name: str, parallel: ParallelConfig) -> bool:

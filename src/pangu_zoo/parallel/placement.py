@@ -52,6 +52,7 @@ MOE_FFN_OPS = {
     "output.proxy_mean": "moe.route.reduce",
     "output.balance_mul": "moe.route.token_pair",
     "output.balance_mean": "moe.balance.reduce",
+    "output.balance_add": "moe.balance.add",
     "output.chosen_add": "moe.route.add",
     "output.slot_cumsum": "moe.route.reduce",
     "output.slot_offset_add": "moe.route.add",
@@ -94,8 +95,14 @@ BACKBONE_OPS = {
     "embedding_sum.dropout.dropout": "embedding.dropout",
     "layernorm.norm": "layernorm",
     "head.matmul": "head.matmul",
+    "aux_add": "moe.balance.add",  # sums the layers' load-balance losses
 }
 TOP_QUERY_OPS = {"top_query_embedding.gather": "top_query_embedding.gather"}
+# Linear inside a Block -> how the table splits it, which its LoRA adapter (models/lora.py) follows
+LINEAR_SPLITS = {**{f"attention.dense{i}": "column" for i in (1, 2, 3)}, "attention.projection": "row",
+                 "output.mapping": "column", "output.projection": "row"}
+# primitive path inside a LoRA cell -> entry suffix (the entry is `lora.<split>.<suffix>`)
+LORA_OPS = {"dropout.dropout": "dropout", "down": "down", "up": "up", "scale_mul": "scale", "add": "add"}
 # primitive path inside LanguageModelWithLoss -> entry
 LOSS_OPS = {
     "slice_tokens": "input.slice",
@@ -107,8 +114,7 @@ LOSS_OPS = {
     "mask_expand": "input.mask_expand",
     **{f"loss.{name}": f"loss.{name}" for name in (
         "max", "sub", "exp", "sum_exp", "log", "onehot", "pick_mul", "pick_sum", "log_softmax", "pick_gather",
-        "nll_sub", "mask_cast", "mask_mul", "masked_sum", "mask_sum")},
-    "aux_add": "loss.aux_add",
+        "nll_sub", "mask_cast", "mask_mul", "masked_sum", "mask_sum", "aux_sum", "aux_add")},
 }
 
 
@@ -116,6 +122,18 @@ def _attribute(root, path: str):
     for part in path.split("."):
         root = getattr(root, part)
     return root
+
+
+def _lora_ops(block) -> dict[str, str]:
+    """Primitive path inside a Block -> entry, for the LoRA adapters its linear layers carry (none without)."""
+    ops = {}
+    for linear_path, split in LINEAR_SPLITS.items():
+        linear = block
+        for part in linear_path.split("."):
+            linear = getattr(linear, part, None)  # an MoE FFN has no mapping/projection Linear
+        if getattr(linear, "lora", None) is not None:
+            ops.update({f"{linear_path}.lora.{path}": f"lora.{split}.{entry}" for path, entry in LORA_OPS.items()})
+    return ops
 
 
 def _shard_all(root, ops: dict[str, str], table) -> None:
@@ -133,8 +151,9 @@ def model_placement_map(model) -> dict[str, str]:
         entries.update({f"backbone.{path}": entry for path, entry in TOP_QUERY_OPS.items()})
         blocks.append("top_query_layer")
     for block in blocks:
-        ops = {**ATTENTION_AND_NORM_OPS, **MOE_FFN_OPS} if _attribute(backbone, block).use_moe else BLOCK_OPS
-        entries.update({f"backbone.{block}.{path}": entry for path, entry in ops.items()})
+        cell = _attribute(backbone, block)
+        ops = {**ATTENTION_AND_NORM_OPS, **MOE_FFN_OPS} if cell.use_moe else BLOCK_OPS
+        entries.update({f"backbone.{block}.{path}": entry for path, entry in {**ops, **_lora_ops(cell)}.items()})
     return entries
 
 

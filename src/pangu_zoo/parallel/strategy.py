@@ -48,6 +48,9 @@ def check_plan(model: ModelConfig, parallel: ParallelConfig, device_num: int,
     if experts > 1 and (experts % ep or dp % ep):
         raise ConfigError(f"expert_num ({experts}) and data_parallel ({dp}) must be multiples of "
                           f"expert_parallel ({ep}).")
+    if experts > 1 and stages > 1:
+        raise ConfigError("mixture-of-experts plans with pipeline stages are not supported: MindSpore 2.10 fails to "
+                          "compile the gradient norm of a pipelined MoE step; use --stage_num 1 (dp x mp x ep)")
     if stages > 1 and parallel.micro_batch_num < 2:
         raise ConfigError(f"pipeline_stage ({stages}) > 1 needs micro_batch_num (--micro_size) of at least 2: "
                           "MindSpore splits each batch into micro-batches for the pipeline.")
@@ -123,8 +126,10 @@ def strategy_table(parallel: ParallelConfig) -> dict[str, Strategy]:
         "ffn.projection.bias_add": ((dp, 1), (1,)),
         "ffn.dropout": ((dp, 1),),
         "head.matmul": ((dp, 1), (mp, 1)) if vocab_split else ((dp, 1), (1, 1)),
+        "loss.aux_sum": ((1,),),
         "loss.aux_add": ((), ()),
         **moe_strategies(parallel),
+        **lora_strategies(parallel),
         "loss.max": ((dp, vp),),
         "loss.sub": ((dp, vp), (dp, 1)),
         "loss.exp": ((dp, vp),),
@@ -141,6 +146,41 @@ def strategy_table(parallel: ParallelConfig) -> dict[str, Strategy]:
         "loss.masked_sum": ((dp,),),
         "loss.mask_sum": ((dp,),),
     }
+
+
+def lora_strategies(parallel: ParallelConfig) -> dict[str, Strategy]:
+    """LoRA adapters (`pangu_zoo.models.lora`) split as their base Linear: on a column-parallel layer (query/key/value,
+    FFN mapping) A [r, in] is whole and B [out, r] split by output rows like the weight; on a row-parallel one
+    (attention output, FFN projection) A is split by input columns like the weight (x·Aᵀ is all-reduced) and B is
+    whole. Either way the update has the layout of the base layer's output, to which it is added."""
+    dp, mp = parallel.data_parallel, parallel.model_parallel
+    return {
+        "lora.column.dropout": ((dp, 1),),
+        "lora.column.down": ((dp, 1), (1, 1)),
+        "lora.column.up": ((dp, 1), (mp, 1)),
+        "lora.column.scale": ((dp, mp), ()),
+        "lora.column.add": ((dp, mp), (dp, mp)),
+        "lora.row.dropout": ((dp, mp),),
+        "lora.row.down": ((dp, mp), (1, mp)),
+        "lora.row.up": ((dp, 1), (1, 1)),
+        "lora.row.scale": ((dp, 1), ()),
+        "lora.row.add": ((dp, 1), (dp, 1)),
+    }
+
+
+def lora_input_shapes(model: ModelConfig, batch: int, seq: int, rank: int = 8) -> dict[str, tuple]:
+    """The input shapes of the LoRA ops on the FFN (the larger layers): mapping h -> f, projection f -> h."""
+    h, f, tokens = model.hidden_size, model.ffn_hidden_size, batch * seq
+    shapes = {}
+    for split, n_in, n_out in (("column", h, f), ("row", f, h)):
+        shapes.update({
+            f"lora.{split}.dropout": ((tokens, n_in),),
+            f"lora.{split}.down": ((tokens, n_in), (rank, n_in)),
+            f"lora.{split}.up": ((tokens, rank), (n_out, rank)),
+            f"lora.{split}.scale": ((tokens, n_out), ()),
+            f"lora.{split}.add": ((tokens, n_out), (tokens, n_out)),
+        })
+    return shapes
 
 
 def moe_strategies(parallel: ParallelConfig) -> dict[str, Strategy]:
@@ -164,6 +204,7 @@ def moe_strategies(parallel: ParallelConfig) -> dict[str, Strategy]:
         "moe.route.token_pair": ((dp, 1), (dp, 1)),
         "moe.route.token_cast": ((dp, 1),),
         "moe.balance.reduce": ((dp, 1),),
+        "moe.balance.add": ((), ()),
         "moe.combine.pair": ((dp, 1, 1, 1), (dp, 1, 1, 1)),
         "moe.combine.reduce": ((dp, 1, 1, 1),),
         "moe.combine.eps_add": ((dp, 1, 1, 1), ()),
@@ -202,6 +243,7 @@ def moe_input_shapes(model: ModelConfig, batch: int, seq: int, groups: int,
         "moe.route.token_pair": ((groups, t), (groups, t)),
         "moe.route.token_cast": ((groups, t),),
         "moe.balance.reduce": ((groups, e),),
+        "moe.balance.add": ((), ()),
         "moe.combine.pair": (slots, slots),
         "moe.combine.reduce": (slots,),
         "moe.combine.eps_add": ((groups, t, 1, 1), ()),
@@ -262,8 +304,10 @@ def op_input_shapes(model: ModelConfig, batch: int, seq: int, groups: int = 1,
         "ffn.projection.bias_add": ((tokens, h), (h,)),
         "ffn.dropout": ((tokens, h),),
         "head.matmul": ((tokens, h), (v, h)),
+        "loss.aux_sum": ((1,),),
         "loss.aux_add": ((), ()),
         **moe_input_shapes(model, batch, seq, groups, expert_parallel),
+        **lora_input_shapes(model, batch, seq),
         "loss.max": ((tokens, v),),
         "loss.sub": ((tokens, v), (tokens, 1)),
         "loss.exp": ((tokens, v),),
