@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("pangu_zoo.serving.server", "serve a model over HTTP: chat page, reference routes, OpenAI API"),
     "dryrun": ("pangu_zoo.parallel.dryrun", "compile a sharded plan rank by rank without devices (simulation)"),
     "convert": ("pangu_zoo.convert_cli", "convert a checkpoint between formats (zoo, hf-gpt2, mindformers, ...)"),
+    "lora": ("pangu_zoo.lora_cli", "merge LoRA adapters into a model; export or import GPT-2 peft adapters"),
 }
 
 

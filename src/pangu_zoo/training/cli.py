@@ -14,6 +14,8 @@ import logging
 from pathlib import Path
 
 from pangu_zoo.arg_types import parse_bool
+from pangu_zoo.lora_cli import add_training_arguments as add_lora_arguments
+from pangu_zoo.lora_cli import apply_training_lora, save_training_lora
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_parallel_arguments(parser)
+    add_lora_arguments(parser)
     data = parser.add_argument_group("data")
     data.add_argument("--data_url", required=True, help="folder (or file) written by `pangu preprocess`")
     data.add_argument("--eod_reset", type=int, choices=[0, 1], default=1)
@@ -226,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("sharded plans need --distribute true under msrun/mpirun")
     ms.set_seed(args.seed)
     model = starting_model(args, config)
+    adapted = apply_training_lora(args, model)  # --lora_rank: only adapters train
     settings = TrainSettings(
         data_path=str(data_path), per_batch_size=args.per_batch_size, epochs=args.epoch_size,
         max_steps=args.max_steps, start_lr=args.start_lr, end_lr=args.end_lr, warmup_steps=args.warmup_step,
@@ -237,6 +241,8 @@ def run(args: argparse.Namespace) -> int:
     records = train(model, settings)
     if records:
         print(f"trained {len(records)} steps: loss {records[0]['loss']:.4f} -> {records[-1]['loss']:.4f}")
+    if adapted and rank == 0:
+        save_training_lora(args, model)
     if args.save_pretrained and rank == 0:
         model.save_pretrained(args.save_pretrained)
         print(f"saved the model to {args.save_pretrained}")

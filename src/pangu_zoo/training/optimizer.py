@@ -17,8 +17,9 @@ def parameter_groups(params, weight_decay: float = 0.1) -> list[dict]:
     params = list(params)
     decay = [p for p in params if decays(p.name)]
     no_decay = [p for p in params if not decays(p.name)]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0},
-            {"order_params": params}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # MindSpore refuses an empty group, which LoRA training (adapter matrices only, all decayed) would leave
+    return [group for group in groups if group["params"]] + [{"order_params": params}]
 
 
 def build_optimizer(params, name: str, learning_rate, weight_decay: float = 0.1):
