@@ -60,6 +60,14 @@ INVALID_PLANS = [
     (["--device_num", "8", "--op_level_model_parallel_num", "0"], {}, "must be at least 1"),
     (["--device_num", "8", "--op_level_model_parallel_num", "2", "--rank", "8"], {}, "ranks must lie in 0..7"),
     (["--device_num", "8", "--op_level_model_parallel_num", "2", "--seq_length", "1"], {}, "seq_length"),
+    # MoE: ep 3 cannot split 4 experts (MindSpore's BatchMatMul would reject the strategy), nor dp 4
+    (["--device_num", "8", "--op_level_model_parallel_num", "2", "--use_moe", "1", "--expert_num", "4",
+      "--expert_parallel_num", "3"], {},
+     "expert_num (4) and data_parallel (4) must be multiples of expert_parallel (3)"),
+    (["--device_num", "8", "--op_level_model_parallel_num", "2", "--use_moe", "1", "--expert_num", "4",
+      "--expert_parallel_num", "8"], {}, "must be multiples of expert_parallel (8)"),
+    (["--device_num", "8", "--stage_num", "2", "--micro_size", "2", "--use_moe", "1", "--expert_num", "4"], {},
+     "mixture-of-experts plans with pipeline stages are not supported"),
 ]
 
 

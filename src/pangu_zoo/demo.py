@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--use_moe", action="store_true",
+                        help="a mixture-of-experts PanGu-alpha: 4 experts per block, top-2 routing (docs/moe.md)")
+    parser.add_argument("--expert_num", type=int, default=4)
+    parser.add_argument("--per_token_num_experts_chosen", type=int, default=2)
 
 
 def previous_outputs(out: Path) -> list[Path]:
@@ -69,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
               "--seq_length", str(args.seq_length + 1), "--no_progress"]) != 0:
         raise DataError("preprocessing the demo corpus failed (see the message above)")
 
-    print(f"2/3 train pangu_alpha_tiny for {args.steps} steps")
+    moe = (["--use_moe", "1", "--expert_num", str(args.expert_num), "--per_token_num_experts_chosen",
+            str(args.per_token_num_experts_chosen)] if args.use_moe else [])
+    print(f"2/3 train pangu_alpha_tiny{' MoE' if args.use_moe else ''} for {args.steps} steps")
     checkpoints, model_dir = out / "checkpoints", out / "model"
     # the data file, not its folder: training reads every file of a folder as data
     if pangu(["train", "--mode", "pangu_alpha_tiny", "--data_url", str(data_file), "--per_batch_size",
@@ -77,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
               "--epoch_size", "1000", "--start_lr", "3e-3", "--end_lr", "1e-4", "--warmup_step", "10",
               "--decay_steps", str(args.steps), "--dropout_rate", "0.0", "--save_checkpoint_path",
               str(checkpoints), "--ckpt_name_prefix", CHECKPOINT_PREFIX, "--save_checkpoint_steps", str(args.steps),
-              "--seed", str(args.seed),
+              "--seed", str(args.seed), *moe,
               "--save_pretrained", str(model_dir)]) != 0:
         return 2
     pangu(["plot-log", str(checkpoints / "train_log.jsonl"), "--out", str(out / "loss.png"),

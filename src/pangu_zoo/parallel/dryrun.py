@@ -116,8 +116,9 @@ def parameter_lines(report: dict) -> list[str]:
     for param in report["parameters"]:
         name = param["name"]
         parts = name.split(".")
-        if "blocks" in parts:
-            block = parts[parts.index("blocks") + 1]
+        layer_key = "blocks" if "blocks" in parts else "layers"  # openPangu: model.layers.{i}
+        if layer_key in parts:
+            block = parts[parts.index(layer_key) + 1]
             first_block = block if first_block is None else first_block
             if block != first_block:
                 folded.add(int(block))
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     ranks = chosen_ranks(args.rank, device_num, parallel.pipeline_stage)
     root = ensure_simulation_env(args.cache_dir)
     spec = {"model": config.to_dict(), "parallel": asdict(parallel), "device_num": device_num,
-            "global_batch": global_batch, "optimizer": args.optimizer,
+            "global_batch": global_batch, "optimizer": args.optimizer, "opt_offload": bool(args.opt_offload),
             "optimizer_shard_threshold_kb": args.optimizer_shard_threshold}
     print(f"dry run: {config.family} h={config.hidden_size} layers={config.num_layers} "
           f"seq={config.max_position_embeddings}"
@@ -174,6 +175,9 @@ def describe(report: dict, wall: float, peak: int, brief: bool) -> str:
             f"{_mb(report['parameter_bytes'])} + Adam state {_mb(report['optimizer_bytes'])}")
     if report.get("moe_layers"):
         text += "\n  " + moe_text(report)
+    host_updates = report.get("collectives", {}).get("host_optimizer_updates")
+    if host_updates:
+        text += f"\n  optimizer offloaded: {host_updates} parameter updates run on the host CPU"
     return text if brief else text + "\n" + "\n".join(parameter_lines(report))
 
 

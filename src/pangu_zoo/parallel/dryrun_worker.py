@@ -42,11 +42,12 @@ def readable_error(error: BaseException) -> str:
 def _part(name: str) -> str:
     """Parameter name -> the model part that holds it (blocks.3, word_embedding, top_query_layer, ...)."""
     parts = name.split(".")
-    if "blocks" in parts:
-        i = parts.index("blocks")
-        return ".".join(parts[i:i + 2])
+    if "blocks" in parts or "layers" in parts:  # openPangu's decoder layers count as blocks
+        i = parts.index("blocks" if "blocks" in parts else "layers")
+        return f"blocks.{parts[i + 1]}"
     if "backbone" in parts:
-        return parts[parts.index("backbone") + 1]
+        rest = parts[parts.index("backbone") + 1:]
+        return rest[1] if rest[0] == "model" and len(rest) > 2 else rest[0]  # openPangu: backbone.model.norm...
     return parts[0]
 
 
@@ -61,7 +62,7 @@ def compile_rank(spec: dict) -> dict:
     from mindspore.common.initializer import One
     from mindspore.communication import get_rank, init
 
-    from pangu_zoo.config import ModelConfig, ParallelConfig
+    from pangu_zoo.config import ParallelConfig, config_from_dict
     from pangu_zoo.models import build_model
     from pangu_zoo.parallel.context import configure_parallel
     from pangu_zoo.parallel.strategy import layer_stages, rank_stage
@@ -72,7 +73,7 @@ def compile_rank(spec: dict) -> dict:
     use_graph_mode()
     ms.set_device("GPU")
     init()
-    config = ModelConfig.from_dict(spec["model"])
+    config = config_from_dict(spec["model"])
     parallel = ParallelConfig(**spec["parallel"])
     device_num = spec["device_num"]
     configure_parallel(parallel, device_num, "semi_auto_parallel",
@@ -81,7 +82,8 @@ def compile_rank(spec: dict) -> dict:
     full_shapes = {p.name: tuple(p.shape) for p in model.trainable_params()}
     dtypes = {p.name: str(p.dtype) for p in model.trainable_params()}
     lr = WarmupCosineLR(1e-4, 1e-6, 100, 1000)
-    train_cell = build_train_step(model, parallel, spec.get("optimizer", "adam"), lr)
+    train_cell = build_train_step(model, parallel, spec.get("optimizer", "adam"), lr,
+                                  opt_offload=spec.get("opt_offload", False))
 
     batch, seq = spec["global_batch"], config.max_position_embeddings
     inputs = (ms.Tensor(shape=(batch, seq + 1), dtype=ms.int32, init=One()),
@@ -127,7 +129,7 @@ def compile_rank(spec: dict) -> dict:
             "holds": holds, "parameter_bytes": param_bytes, "optimizer_bytes": optimizer_bytes,
             "global_norm_allreduce": norm_groups, "collectives": collectives,
             "moe_layers": sum(block.use_moe for i, block in enumerate(model.backbone.blocks)
-                              if stages[f"blocks.{i}"] == stage),
+                              if stages[f"blocks.{i}"] == stage) if model.backbone.moe else 0,
             "parameters": parameters}
 
 
@@ -142,7 +144,11 @@ def collective_counts(ir_dir: Path) -> dict[str, int]:
     """How many of each collective the compiled training step runs (forward and backward), from its validate IR."""
     text = _validate_ir(ir_dir)
     names = ("AlltoAll", "AllReduce", "AllGather", "ReduceScatter", "Send", "Receive")
-    return {name: len(re.findall(rf"= {name}\(", text)) for name in names}
+    counts = {name: len(re.findall(rf"= {name}\(", text)) for name in names}
+    # --opt_offload: the optimizer's updates, each pinned to the host CPU
+    host = [line for line in text.splitlines() if "FusedCastAdamWeightDecay(" in line]
+    counts["host_optimizer_updates"] = sum('primitive_target: "CPU"' in line for line in host)
+    return counts
 
 
 def global_norm_groups(ir_dir: Path) -> list[str]:
@@ -167,8 +173,8 @@ def check_norm_count(name: str, full_shape, gradient_shape, dtype: str, parallel
 def _part_order(part: str):
     if part.startswith("blocks."):
         return (1, int(part.split(".")[1]), part)
-    order = {"word_embedding": 0, "position_embedding": 0, "layernorm": 2, "top_query_embedding": 3,
-             "top_query_layer": 3}
+    order = {"word_embedding": 0, "position_embedding": 0, "embed_tokens": 0, "layernorm": 2, "norm": 2,
+             "top_query_embedding": 3, "top_query_layer": 3}
     return (order.get(part, 4), 0, part)
 
 
@@ -215,7 +221,7 @@ def compile_inference_rank(spec: dict) -> dict:
     from mindspore.common.initializer import One
     from mindspore.communication import get_rank, init
 
-    from pangu_zoo.config import ModelConfig
+    from pangu_zoo.config import config_from_dict
     from pangu_zoo.models import build_model
     from pangu_zoo.parallel.inference import distribute_for_inference
     from pangu_zoo.runtime import use_graph_mode
@@ -224,7 +230,7 @@ def compile_inference_rank(spec: dict) -> dict:
     ms.set_device("GPU")
     init()
     rank, device_num = get_rank(), spec["device_num"]
-    config = ModelConfig.from_dict(spec["model"])
+    config = config_from_dict(spec["model"])
     model = build_model(config, dropout_rate=0.0)
     full = {}
     if spec.get("check_weights"):
@@ -235,7 +241,7 @@ def compile_inference_rank(spec: dict) -> dict:
     parallel = distribute_for_inference(model, device_num, rank)
     mp, layers = parallel.model_parallel, config.num_layers
     batch, seq = spec["batch"], config.max_position_embeddings
-    n, d = config.num_heads, config.head_dim
+    n, d = config.num_key_value_heads, config.head_dim  # the cache holds key/value heads
 
     def shaped(shape, dtype=ms.int32):
         return ms.Tensor(shape=shape, dtype=dtype, init=One())

@@ -28,7 +28,7 @@ class PipelinedLanguageModelWithLoss(LanguageModelWithLoss):
 
 
 def build_train_step(model, parallel: ParallelConfig, optimizer: str, learning_rate,
-                     clip_norm: float = 1.0) -> TrainOneStep:
+                     clip_norm: float = 1.0, opt_offload: bool = False) -> TrainOneStep:
     """LanguageModelWithLoss -> (plan placed when the context shards) -> PipelineCell -> TrainOneStep."""
     mode = ms.get_auto_parallel_context("parallel_mode")
     pipelined = parallel.pipeline_stage > 1
@@ -38,7 +38,7 @@ def build_train_step(model, parallel: ParallelConfig, optimizer: str, learning_r
     micro_batches = parallel.micro_batch_num if pipelined else 1
     if pipelined:
         network = nn.PipelineCell(network, micro_batches)
-    opt = build_optimizer(model.trainable_params(), optimizer, learning_rate)
+    opt = build_optimizer(model.trainable_params(), optimizer, learning_rate, offload=opt_offload)
     weights = sharded_norm_weights(opt.parameters, parallel) if mode in SHARDED_MODES else None
     return TrainOneStep(network, opt, dynamic_loss_scale(), clip_norm=clip_norm, micro_batches=micro_batches,
                         norm_weights=weights)

@@ -22,8 +22,15 @@ def parameter_groups(params, weight_decay: float = 0.1) -> list[dict]:
     return [group for group in groups if group["params"]] + [{"order_params": params}]
 
 
-def build_optimizer(params, name: str, learning_rate, weight_decay: float = 0.1):
+def build_optimizer(params, name: str, learning_rate, weight_decay: float = 0.1, offload: bool = False):
+    """`offload`: AdamWeightDecay with fp32 state and update on the host (pangu_zoo.training.offload)."""
     groups = parameter_groups(params, weight_decay)
+    if offload:
+        if name != "adam":
+            raise ConfigError(f"--opt_offload 1 offloads AdamWeightDecay; it cannot offload {name!r}")
+        from pangu_zoo.training.offload import HostAdamWeightDecay
+
+        return HostAdamWeightDecay(groups, learning_rate, beta1=0.9, beta2=0.95, eps=1e-8)
     if name == "adam":
         return nn.AdamWeightDecay(groups, learning_rate=learning_rate, beta1=0.9, beta2=0.95, eps=1e-8)
     if name == "lamb":
