@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,33 @@ def test_device_range_rule(text, ok):
     else:
         with pytest.raises(ConfigError):
             parse_device_range(text)
+
+
+@pytest.mark.parametrize("script, offload", [("run_distribute_train_moe.sh", "0"),
+                                             ("run_distribute_train_moe_host_device.sh", "1")])
+def test_moe_launchers_pass_the_reference_arguments(script, offload, tmp_path):
+    """The 13 positional arguments reach train.py as the reference's flags (one process per local device); the
+    recorder stands in for the Python that would start on an Ascend host."""
+    recorder = tmp_path / "python"
+    recorder.write_text('#!/usr/bin/env bash\necho "$RANK_ID $HCCL_EXEC_TIMEOUT $*" > "args_$RANK_ID"\n')
+    recorder.chmod(0o755)
+    table = tmp_path / "hccl_2p.json"
+    table.write_text("{}")
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(recorder), "HCCL_EXEC_TIMEOUT": "-"}
+    args = ["/data/mr", str(table), "2", "fp16", "2.6B", "1", "1", "4", "0", "2", "8", "1", "2"]
+    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / script), *args, "--op_level_model_parallel_num=1"],
+                            capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    for rank in (0, 1):
+        deadline = 50
+        while not (tmp_path / f"device{rank}" / f"args_{rank}").exists() and deadline:
+            time.sleep(0.1)
+            deadline -= 1
+        line = (tmp_path / f"device{rank}" / f"args_{rank}").read_text().split()
+        assert line[0] == str(rank) and line[1] == ("1500" if offload == "1" else "-")
+        flags = line[2:]
+        for flag in ("--distribute=true", "--device_num=2", "--param_init_type=fp16", "--mode=2.6B",
+                     "--per_batch_size=4", "--use_moe=1", "--expert_num=8", "--enable_alltoall=1",
+                     "--expert_parallel_num=2", f"--opt_offload={offload}", "--gradient_aggregation_group=2"):
+            assert flag in flags, (flag, flags)
+        assert flags[-1] == "--op_level_model_parallel_num=1"  # extra arguments come last, so they win
