@@ -208,6 +208,36 @@ def test_every_adapter_primitive_is_placed_like_its_base_layer(family):
         assert model_parallel_axis(f"{name}.a", parallel) == (None if column else 1)
 
 
+def test_sharded_lora_training_step_compiles_with_adapters_split_like_their_layers(tmp_path):
+    """`pangu dryrun --lora_rank` compiles the dp 2 x mp 4 training step: each adapter matrix is split as the hand
+    rule says (B by output rows on column-parallel layers, A by input columns on row-parallel ones), and the
+    worker checks the gradient-norm count of every adapter against the compiled layout."""
+    from test_dryrun import dryrun, params_of
+
+    from pangu_zoo.config import get_preset
+
+    special = {"eod_token_id": 7, "pad_token_id": 7, "eos_token_id": 7}
+    config = get_preset("pangu_alpha_tiny", num_heads=8, num_layers=3, vocab_size=1024, hidden_size=64,
+                        ffn_hidden_size=256, dropout_rate=0.0, **special)
+    (tmp_path / "model.json").write_text(json.dumps(config.to_dict()))
+    result, data = dryrun(tmp_path / "model.json", tmp_path, 8, dp=2, mp=4, opt_shard=1,
+                          extra=("--lora_rank", "8", "--lora_targets", "all", "--lora_dropout", "0.1"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    slices = {name: p["slice_shape"] for name, p in params_of(data["ranks"][0]).items()}
+    for layer in ("blocks.0", "blocks.1", "top_query_layer"):
+        assert {name for name in slices if name.startswith(layer + ".")} == {
+            f"{layer}.{TARGET_LINEARS[t]}.lora.{m}" for t in ALL_TARGETS for m in "ab"}  # only adapters train
+        for i in (1, 2, 3):
+            assert slices[f"{layer}.attention.dense{i}.lora.a"] == [8, 64]
+            assert slices[f"{layer}.attention.dense{i}.lora.b"] == [64 // 4, 8]
+        assert slices[f"{layer}.attention.projection.lora.a"] == [8, 64 // 4]
+        assert slices[f"{layer}.attention.projection.lora.b"] == [64, 8]
+        assert slices[f"{layer}.output.mapping.lora.a"] == [8, 64]
+        assert slices[f"{layer}.output.mapping.lora.b"] == [256 // 4, 8]
+        assert slices[f"{layer}.output.projection.lora.a"] == [8, 256 // 4]
+        assert slices[f"{layer}.output.projection.lora.b"] == [64, 8]
+
+
 # Hugging Face peft (GPT-2)
 
 torch = pytest.importorskip("torch")

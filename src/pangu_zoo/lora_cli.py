@@ -16,8 +16,8 @@ DEFAULT_TARGETS = "query,key,value,attention_output"
 ADAPTER_SUBFOLDER = "lora_adapter"
 
 
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """The LoRA arguments of `pangu train`."""
+def add_adapter_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """--lora_rank, --lora_alpha, --lora_dropout, --lora_targets (`pangu train` and `pangu dryrun`)."""
     lora = parser.add_argument_group("LoRA (docs/finetune.md)")
     lora.add_argument("--lora_rank", type=int, default=0,
                       help="rank of the LoRA adapters; 0 (default) trains every weight, >0 trains only adapters")
@@ -26,23 +26,38 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     lora.add_argument("--lora_targets", default=DEFAULT_TARGETS,
                       help="comma list of query, key, value, attention_output, ffn_mapping, ffn_projection "
                            "(or attention, ffn, all)")
-    lora.add_argument("--lora_save_path", default=None,
-                      help=f"where the trained adapters go (default: <save_checkpoint_path>/{ADAPTER_SUBFOLDER}); "
-                           "--save_pretrained then saves the merged model")
+    return lora
 
 
-def apply_training_lora(args: argparse.Namespace, model) -> bool:
-    """Add the adapters `--lora_rank` asks for (freezing the base weights); whether it asked for any."""
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The LoRA arguments of `pangu train`: the adapters' and where they are saved."""
+    add_adapter_arguments(parser).add_argument(
+        "--lora_save_path", default=None,
+        help=f"where the trained adapters go (default: <save_checkpoint_path>/{ADAPTER_SUBFOLDER}); "
+             "--save_pretrained then saves the merged model")
+
+
+def lora_config(args: argparse.Namespace):
+    """The LoraConfig the arguments ask for, or None without --lora_rank."""
     from pangu_zoo.errors import ConfigError
-    from pangu_zoo.lora_config import parse_targets
-    from pangu_zoo.models.lora import apply_lora
+    from pangu_zoo.lora_config import LoraConfig, parse_targets
 
     if args.lora_rank < 0:
         raise ConfigError(f"--lora_rank ({args.lora_rank}) must be 0 (off) or a positive rank")
     if not args.lora_rank:
-        return False
-    apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, parse_targets(args.lora_targets))
-    return True
+        return None
+    return LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                      targets=parse_targets(args.lora_targets))
+
+
+def apply_training_lora(args: argparse.Namespace, model) -> bool:
+    """Add the adapters `--lora_rank` asks for (freezing the base weights); whether it asked for any."""
+    from pangu_zoo.models.lora import apply_lora_config
+
+    config = lora_config(args)
+    if config is not None:
+        apply_lora_config(model, config)
+    return config is not None
 
 
 def save_training_lora(args: argparse.Namespace, model) -> Path:

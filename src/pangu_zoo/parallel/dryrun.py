@@ -32,10 +32,12 @@ WORKER = "pangu_zoo.parallel.dryrun_worker"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pangu_zoo.lora_cli import add_adapter_arguments
     from pangu_zoo.training.cli import add_model_arguments, add_parallel_arguments
 
     add_model_arguments(parser)
     add_parallel_arguments(parser)
+    add_adapter_arguments(parser)
     run = parser.add_argument_group("dry run")
     run.add_argument("--run_type", choices=["train", "predict"], default="train",
                      help="train: the training step of the plan given; predict: the forward, prefill and decode "
@@ -137,6 +139,14 @@ def parameter_lines(report: dict) -> list[str]:
     return lines
 
 
+def lora_settings(args: argparse.Namespace) -> dict | None:
+    """The adapters --lora_rank asks for, as the worker's spec carries them (the worker trains only them)."""
+    from pangu_zoo.lora_cli import lora_config
+
+    config = lora_config(args)
+    return None if config is None else config.to_dict()
+
+
 def run(args: argparse.Namespace) -> int:
     from pangu_zoo.errors import ConfigError
     from pangu_zoo.parallel.simenv import ensure_simulation_env
@@ -155,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     root = ensure_simulation_env(args.cache_dir)
     spec = {"model": config.to_dict(), "parallel": asdict(parallel), "device_num": device_num,
             "global_batch": global_batch, "optimizer": args.optimizer, "opt_offload": bool(args.opt_offload),
-            "optimizer_shard_threshold_kb": args.optimizer_shard_threshold}
+            "optimizer_shard_threshold_kb": args.optimizer_shard_threshold, "lora": lora_settings(args)}
     print(f"dry run: {config.family} h={config.hidden_size} layers={config.num_layers} "
           f"seq={config.max_position_embeddings}"
           f" on {device_num} devices = dp {parallel.data_parallel} x mp {parallel.model_parallel} x stages "

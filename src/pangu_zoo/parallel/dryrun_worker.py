@@ -79,6 +79,11 @@ def compile_rank(spec: dict) -> dict:
     configure_parallel(parallel, device_num, "semi_auto_parallel",
                        optimizer_shard_threshold_kb=spec.get("optimizer_shard_threshold_kb"))
     model = build_model(config)
+    if spec.get("lora"):  # only the adapters train, so only they have gradients and optimizer state
+        from pangu_zoo.lora_config import LoraConfig
+        from pangu_zoo.models.lora import apply_lora_config
+
+        apply_lora_config(model, LoraConfig.from_dict(spec["lora"]))
     full_shapes = {p.name: tuple(p.shape) for p in model.trainable_params()}
     dtypes = {p.name: str(p.dtype) for p in model.trainable_params()}
     lr = WarmupCosineLR(1e-4, 1e-6, 100, 1000)
