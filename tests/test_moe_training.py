@@ -142,3 +142,15 @@ def test_offloaded_adamw_step_equals_numpy(dtype):
     np.testing.assert_allclose(net.weight.asnumpy().astype(np.float64), w, atol=tolerance)
     np.testing.assert_allclose(net.bias.asnumpy().astype(np.float64), b, atol=tolerance)
     np.testing.assert_allclose(opt.moments2[0].asnumpy(), v_w, rtol=1e-6)
+
+
+def test_demo_with_moe(tmp_path, capsys):
+    code = main(["demo", "--use_moe", "--tokenizer_dir", str(shared_data("pangu_tokenizer")), "--output_dir",
+                 str(tmp_path), "--steps", "20", "--max_new_tokens", "8"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    records = [json.loads(line) for line in (tmp_path / "checkpoints" / "train_log.jsonl").open()]
+    assert len(records) == 20 and records[-1]["loss"] < records[0]["loss"] - 2.0
+    assert all(len(r["expert_load"]) == 4 for r in records)
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["moe"]["expert_num"] == 4
+    assert "output: 春天来了，" in out
