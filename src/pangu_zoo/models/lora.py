@@ -126,18 +126,19 @@ def _array(param) -> np.ndarray:
     return value.asnumpy()
 
 
+def _adapter_parameters(model) -> dict:
+    return {f"{path}.lora.{name}": param for path, (_, linear) in _adapters(model).items()
+            for name, param in (("a", linear.lora.a), ("b", linear.lora.b))}
+
+
 def lora_state_dict(model) -> dict[str, np.ndarray]:
     """The adapter parameters as `{name: array}` (`<linear path>.lora.a` / `.lora.b`)."""
-    return {f"{path}.lora.{name}": _array(param)
-            for path, (_, linear) in _adapters(model).items() for name, param in (("a", linear.lora.a),
-                                                                                  ("b", linear.lora.b))}
+    return {name: _array(param) for name, param in _adapter_parameters(model).items()}
 
 
 def load_lora_state_dict(model, weights) -> None:
     """Copy adapter weights into the model's adapters, checking every name and shape first."""
-    params = {f"{path}.lora.{name}": param
-              for path, (_, linear) in _adapters(model).items() for name, param in (("a", linear.lora.a),
-                                                                                    ("b", linear.lora.b))}
+    params = _adapter_parameters(model)
     missing, unexpected = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
     if missing or unexpected:
         raise CheckpointError(f"the adapter does not fit the model's LoRA layers: missing {missing[:3]}, "
