@@ -19,6 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
+    chat = parser.add_argument_group("chat template (models fine-tuned with `pangu train --stage sft`)")
+    chat.add_argument("--chat", action="store_true",
+                      help="each prompt is a user turn of the chat template; print the reply, which ends at the "
+                           "turn end")
+    chat.add_argument("--system", default=None, help="system prompt of the chat template")
+    for marker in ("--turn_start", "--turn_end"):
+        chat.add_argument(marker, default=None, help="as given to `pangu sft-preprocess` (default: the tokenizer's)")
 
 
 def read_prompts(args: argparse.Namespace, default: str | None = None) -> list[str]:
@@ -45,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     model = from_pretrained(args.model_dir, dropout_rate=0.0)
     tokenizer = load_tokenizer(args.tokenizer or tokenizer_kind_for(model.config), args.tokenizer_path)
+    if args.chat:
+        return _chat(args, model, tokenizer, prompts)
     encoded = [tokenizer.encode(p) for p in prompts]
     outputs = model.generate(encoded, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                              top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, seed=args.seed,
@@ -54,4 +63,24 @@ def run(args: argparse.Namespace) -> int:
         if new and new[-1] == tokenizer.eot_id:
             new = new[:-1]
         sys.stdout.write(prompt + tokenizer.decode(new) + "\n")
+    return 0
+
+
+def _chat(args: argparse.Namespace, model, tokenizer, prompts: list[str]) -> int:
+    """Each prompt as the user turn of the chat template (after --system); print each reply on its own line."""
+    from pangu_zoo.data.sft.chat_template import encode_chat
+    from pangu_zoo.data.sft.markers import MarkerEncoder, markers_for
+    from pangu_zoo.tokenizers.special import output_text
+
+    markers = markers_for(tokenizer, args.turn_start, args.turn_end)
+    turn_end = MarkerEncoder(tokenizer, markers).turn_end_id
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    encoded = [encode_chat(system + [{"role": "user", "content": p}], tokenizer, markers) for p in prompts]
+    outputs = model.generate(encoded, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                             top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, seed=args.seed,
+                             eos_token_id=turn_end)
+    for ids, out in zip(encoded, outputs, strict=True):
+        reply = out[len(ids):]
+        reply = reply[:-1] if reply and reply[-1] == turn_end else reply
+        sys.stdout.write(output_text(tokenizer, reply) + "\n")
     return 0

@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_lora_arguments(parser)
     data = parser.add_argument_group("data")
     data.add_argument("--data_url", required=True, help="folder (or file) written by `pangu preprocess`")
+    data.add_argument("--stage", choices=["pretrain", "sft"], default="pretrain",
+                      help="sft: --data_url is packed instruction data from `pangu sft-preprocess` (its row length "
+                           "must equal --seq_length); see docs/finetune.md")
     data.add_argument("--eod_reset", type=int, choices=[0, 1], default=1)
     data.add_argument("--eod_id", type=int, default=None, help="default: the id recorded by preprocess")
     data.add_argument("--epoch_size", type=int, default=1)
@@ -209,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     if sharded and not args.full_batch:
         raise ConfigError("sharded plans read the whole global batch on every rank: use --full_batch 1")
     data_path = Path(args.data_url)
-    if not data_path.exists():
+    if args.stage == "pretrain" and not data_path.exists():  # SFT data is named by its output prefix
         raise ConfigError(f"--data_url {data_path} does not exist; create it with `pangu preprocess`")
     check_schedule(args.start_lr, args.end_lr, args.warmup_step, args.decay_steps)
     config = model_config(args)
@@ -237,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
         eod_id=args.eod_id, save_dir=args.save_checkpoint_path, save_steps=args.save_checkpoint_steps,
         keep_checkpoints=args.keep_checkpoint_max, prefix=args.ckpt_name_prefix, resume=args.pre_trained,
         log_file=args.log_file, peak_gflops=args.peak_gflops, rank=rank, rank_size=rank_size, parallel=parallel,
-        full_batch=sharded)
+        full_batch=sharded, stage=args.stage)
     records = train(model, settings)
     if records:
         print(f"trained {len(records)} steps: loss {records[0]['loss']:.4f} -> {records[-1]['loss']:.4f}")

@@ -19,6 +19,7 @@ import numpy as np
 from pangu_zoo.config import ParallelConfig, count_parameters
 from pangu_zoo.data.dataset import create_dataset
 from pangu_zoo.data.model_fit import check_data_fits_model
+from pangu_zoo.data.sft.dataset import check_sft_data_fits_model, create_sft_dataset
 from pangu_zoo.errors import ConfigError, DataError
 from pangu_zoo.parallel.strategy import batch_description
 from pangu_zoo.runtime import use_graph_mode
@@ -57,6 +58,7 @@ class TrainSettings:
     rank_size: int = 1
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     full_batch: bool = False  # every rank reads the whole global batch (sharded plans)
+    stage: str = "pretrain"  # "sft": data_path holds packed instruction rows (pangu_zoo.data.sft)
 
     @property
     def read_batch(self) -> int:
@@ -83,6 +85,10 @@ def flops_per_token(config, seq_length: int) -> float:
 
 def _dataset(settings: TrainSettings, model, samples_seen: int, epoch: int):
     shards, shard = (1, 0) if settings.full_batch else (settings.rank_size, settings.rank)
+    if settings.stage == "sft":
+        return create_sft_dataset(settings.read_batch, settings.data_path, device_num=shards, rank=shard,
+                                  data_start_index=samples_seen, seed=settings.seed + epoch,
+                                  seq_length=model.config.max_position_embeddings)
     return create_dataset(settings.read_batch, settings.data_path, device_num=shards,
                           rank=shard, data_start_index=samples_seen,
                           eod_reset=settings.eod_reset, eod_id=settings.eod_id, seed=settings.seed + epoch,
@@ -108,8 +114,11 @@ def train(model, settings: TrainSettings) -> list[dict]:
     use_graph_mode()
     _check_lengths(settings)
     # before compiling: a mismatch would otherwise be a shape or index error from inside the graph
-    check_data_fits_model(settings.data_path, model.config.max_position_embeddings, model.config.vocab_size,
-                          settings.eod_id)
+    if settings.stage == "sft":
+        check_sft_data_fits_model(settings.data_path, model.config.max_position_embeddings, model.config.vocab_size)
+    else:
+        check_data_fits_model(settings.data_path, model.config.max_position_embeddings, model.config.vocab_size,
+                              settings.eod_id)
     save_dir = Path(settings.save_dir)
     if settings.rank_size > 1:  # every rank keeps its own checkpoints, as the reference's rank_{i} folders
         save_dir = save_dir / f"rank_{settings.rank}"
