@@ -240,9 +240,10 @@ def test_sharded_lora_training_step_compiles_with_adapters_split_like_their_laye
 
 # Hugging Face peft (GPT-2)
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+@pytest.fixture(scope="module")
+def hf_libraries():
+    """(torch, transformers, peft), or skip the peft tests (only they need them)."""
+    return pytest.importorskip("torch"), pytest.importorskip("transformers"), pytest.importorskip("peft")
 
 
 def hf_folder(model, path):
@@ -251,6 +252,8 @@ def hf_folder(model, path):
 
 
 def hf_logits(hf_model, token_ids) -> np.ndarray:
+    import torch
+
     with torch.no_grad():
         return hf_model(torch.from_numpy(token_ids)).logits.numpy()
 
@@ -259,7 +262,8 @@ def hf_logits(hf_model, token_ids) -> np.ndarray:
     (("query", "key", "value", "attention_output"), 12),
     (("query", "value", "ffn_mapping", "ffn_projection"), 8),
 ])
-def test_exported_peft_adapter_gives_our_logits_in_transformers(tmp_path, targets, c_attn_rank):
+def test_exported_peft_adapter_gives_our_logits_in_transformers(hf_libraries, tmp_path, targets, c_attn_rank):
+    _, transformers, peft = hf_libraries
     model = tiny("gpt2")
     base_dir = hf_folder(model, tmp_path / "base")
     apply_lora(model, rank=4, alpha=8, targets=targets)
@@ -292,7 +296,8 @@ def test_exported_peft_adapter_gives_our_logits_in_transformers(tmp_path, target
     {},
     {"rank_pattern": {"c_attn": 6}, "alpha_pattern": {"c_attn": 9}, "use_rslora": True, "lora_dropout": 0.1},
 ])
-def test_peft_adapter_imports_with_the_same_logits(tmp_path, options):
+def test_peft_adapter_imports_with_the_same_logits(hf_libraries, tmp_path, options):
+    torch, transformers, peft = hf_libraries
     base_dir = hf_folder(tiny("gpt2"), tmp_path / "base")
     hf = transformers.GPT2LMHeadModel.from_pretrained(base_dir).eval()
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True,
