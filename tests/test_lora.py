@@ -208,6 +208,29 @@ def test_every_adapter_primitive_is_placed_like_its_base_layer(family):
         assert model_parallel_axis(f"{name}.a", parallel) == (None if column else 1)
 
 
+def test_mixture_of_experts_model_takes_attention_adapters_only():
+    from pangu_zoo.config import MoEConfig
+    from pangu_zoo.models.loss import LanguageModelWithLoss
+    from pangu_zoo.parallel.placement import network_placement_map
+
+    ms.set_seed(0)
+    model = build_model("gpt2-tiny", vocab_size=VOCAB, max_position_embeddings=SEQ, dropout_rate=0.0,
+                        eod_token_id=VOCAB - 1, pad_token_id=VOCAB - 1, eos_token_id=VOCAB - 1,
+                        moe=MoEConfig(expert_num=4))
+    with pytest.raises(ConfigError, match="'ffn_mapping' needs a linear layer at backbone.blocks.0.output.mapping"):
+        apply_lora(model, targets=("query", "ffn_mapping"))
+    assert lora_config_of(model) is None and len(model.trainable_params()) == len(model.state_dict())
+    apply_lora(model, rank=2)
+    randomize_adapters(model, seed=9)
+    network = LanguageModelWithLoss(model)
+    primitives = {f"{name}.{attr}" if name else attr for name, cell in network.cells_and_names()
+                  for attr, primitive in getattr(cell, "_primitives", {}).items() if primitive is not None}
+    assert primitives == set(network_placement_map(network))
+    unmerged = model.forward_logits(ids())
+    merge_lora(model)
+    np.testing.assert_allclose(model.forward_logits(ids()), unmerged, atol=1e-5)
+
+
 def test_sharded_lora_training_step_compiles_with_adapters_split_like_their_layers(tmp_path):
     """`pangu dryrun --lora_rank` compiles the dp 2 x mp 4 training step: each adapter matrix is split as the hand
     rule says (B by output rows on column-parallel layers, A by input columns on row-parallel ones), and the
