@@ -436,3 +436,13 @@ def test_make_c3_sft_script(tmp_path):
     assert first["question"] in user["content"] and all(choice in user["content"] for choice in first["choice"])
     assert source[0][0][0] in user["content"] and assistant["content"] == first["answer"]
     assert isinstance(parse_record(records[0]), Conversation)
+
+
+def test_chat_template_imports_no_mindspore():
+    import subprocess
+    import sys
+
+    code = ("import sys, pangu_zoo.data.sft.chat_template; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mindspore', 'numpy')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from pangu_zoo.data.sft.conversations import INPUT_FORMATS
 from pangu_zoo.errors import ConfigError
-
-TOKENIZER_KINDS = ["gpt", "gpt2", "jieba", "pangu-alpha"]
+from pangu_zoo.tokenizers import KIND_ALIASES
 
 
 def add_instruction_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +43,7 @@ def add_instruction_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_instruction_arguments(parser)
-    parser.add_argument("--tokenizer", choices=TOKENIZER_KINDS, default=None,
+    parser.add_argument("--tokenizer", choices=sorted(KIND_ALIASES), default=None,
                         help="tokenizer kind (default: from the files at --tokenizer_path)")
     parser.add_argument("--seq_length", type=int, default=1024,
                         help="tokens per packed row = the model's --seq_length (default: %(default)s)")
@@ -64,6 +63,8 @@ def _tokenizer_kind(args: argparse.Namespace, path: str) -> str:
         return args.tokenizer
     location = Path(path)
     folder = location if location.is_dir() else location.parent
+    if (folder / "tokenizer_config.json").is_file():  # a Hugging Face model folder (openPangu)
+        return "openpangu"
     if location.suffix == ".model" or (folder / "vocab.model").is_file():
         return "pangu-alpha"
     return "gpt2"
