@@ -25,6 +25,7 @@ LAYERS = {
     "pangu_zoo": FOUNDATION,  # also errors, config, runtime, buckets, attention_masks
     "pangu_zoo.models.layers": BLOCKS,
     "pangu_zoo.models.graphs": BLOCKS,
+    "pangu_zoo.models.openpangu_layers": BLOCKS,
     "pangu_zoo.models.moe": BLOCKS,
     "pangu_zoo.models.basics": BLOCKS,
     "pangu_zoo.inference.sampling": BLOCKS,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from pangu_zoo.errors import ConfigError
 
@@ -146,6 +146,11 @@ class ModelConfig:
         return self.hidden_size // self.num_heads
 
     @property
+    def num_key_value_heads(self) -> int:
+        """Multi-head attention: one key/value head per query head (`OpenPanguConfig` groups them)."""
+        return self.num_heads
+
+    @property
     def has_top_query_layer(self) -> bool:
         return self.family == "pangu_alpha"
 
@@ -172,8 +177,156 @@ class ModelConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-def count_parameters(config: ModelConfig) -> int:
+@dataclass
+class OpenPanguConfig:
+    """Shape and numerics of one openPangu-Embedded model (a Llama-style decoder: RMSNorm, rotary positions,
+    grouped-query attention with q/k/v/o biases, SwiGLU MLP, untied head unless `tie_word_embeddings`).
+
+    The fields keep the names of its Hugging Face `config.json` (model_type "PanguEmbedded", formats.md §6.1);
+    `family`, `param_dtype`, `compute_dtype` and `dropout_rate` are this project's, as in `ModelConfig`, and
+    the properties give the project's names (`num_layers`, `num_heads`, ...) to the code every family shares.
+    `torch_dtype` is not stored: the weights are saved in `param_dtype`.
+    """
+
+    family: str = "openpangu"
+    vocab_size: int = 153376
+    hidden_size: int = 1536
+    intermediate_size: int = 6144
+    num_hidden_layers: int = 26
+    num_attention_heads: int = 12
+    num_key_value_heads: int = 6
+    head_dim: int | None = None  # hidden_size // num_attention_heads when not given
+    rope_theta: float = 4.0e6
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 32768
+    tie_word_embeddings: bool = False
+    bias: bool = True  # biases on q/k/v/o (the MLP has none)
+    hidden_act: str = "silu"
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+    bos_token_id: int = 1
+    eos_token_id: int = 45892
+    pad_token_id: int = 0
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    dropout_rate: float = 0.0  # on the attention and MLP outputs (Hugging Face's model has none)
+
+    # the project's names for the fields above, accepted by `replace`
+    ALIASES: ClassVar[dict[str, str]] = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+                                         "ffn_hidden_size": "intermediate_size", "layernorm_epsilon": "rms_norm_eps"}
+
+    def __post_init__(self) -> None:
+        if self.family != "openpangu":
+            raise ConfigError(f"OpenPanguConfig is the openpangu family, got family {self.family!r}")
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // max(self.num_attention_heads, 1)
+        self.param_dtype = normalize_dtype(self.param_dtype)
+        self.compute_dtype = normalize_dtype(self.compute_dtype)
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} ({value!r}) must be a positive integer.")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                              f"num_key_value_heads ({self.num_key_value_heads}).")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim ({self.head_dim}) must be even: rotary embeddings turn pairs of channels.")
+        if self.hidden_act != "silu":
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported by openPangu; use silu")
+        if not self.rope_theta > 0 or not self.rms_norm_eps > 0:
+            raise ConfigError(f"rope_theta ({self.rope_theta}) and rms_norm_eps ({self.rms_norm_eps}) must be "
+                              "positive.")
+        for name in ("dropout_rate", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must be in [0, 1).")
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value < self.vocab_size:
+                raise ConfigError(f"{name} ({value!r}) is outside the vocabulary (size {self.vocab_size}).")
+
+    @property
+    def num_layers(self) -> int:
+        return self.num_hidden_layers
+
+    @property
+    def num_blocks(self) -> int:
+        return self.num_hidden_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.num_attention_heads
+
+    @property
+    def ffn_hidden_size(self) -> int:
+        return self.intermediate_size
+
+    @property
+    def layernorm_epsilon(self) -> float:
+        return self.rms_norm_eps
+
+    @property
+    def eod_token_id(self) -> int:
+        return self.eos_token_id
+
+    @property
+    def torch_dtype(self) -> str:
+        """Hugging Face's name for the dtype of the saved weights: the parameters' own."""
+        return self.param_dtype
+
+    @property
+    def has_top_query_layer(self) -> bool:
+        return False
+
+    @property
+    def moe(self) -> MoEConfig:
+        return MoEConfig()  # dense: one FFN per layer
+
+    def replace(self, **changes: Any) -> OpenPanguConfig:
+        changes = {self.ALIASES.get(k, k): v for k, v in changes.items()}
+        moe = changes.pop("moe", None)  # accepted when it says dense, as every family's settings may carry it
+        if isinstance(moe, dict):
+            moe = MoEConfig(**moe)
+        if moe is not None and moe.expert_num > 1:
+            raise ConfigError("openPangu-Embedded is a dense model: mixture-of-experts settings do not apply to it")
+        if "head_dim" not in changes and self.head_dim == self.hidden_size // self.num_attention_heads:
+            changes["head_dim"] = None  # a derived head size follows new hidden_size / num_attention_heads
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> OpenPanguConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown openPangu config field(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def config_from_dict(values: dict[str, Any]) -> ModelConfig | OpenPanguConfig:
+    """The config a dict of fields describes (a saved `to_dict()`), by its `family`."""
+    cls = OpenPanguConfig if values.get("family") == "openpangu" else ModelConfig
+    return cls.from_dict(values)
+
+
+def _count_openpangu(config: OpenPanguConfig) -> int:
+    h, f, d = config.hidden_size, config.intermediate_size, config.head_dim
+    q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
+    attention = h * q + 2 * h * kv + q * h + (q + 2 * kv + h if config.bias else 0)
+    per_layer = attention + 3 * h * f + 2 * h
+    tables = config.vocab_size * h * (1 if config.tie_word_embeddings else 2)
+    return tables + config.num_hidden_layers * per_layer + h
+
+
+def count_parameters(config: ModelConfig | OpenPanguConfig) -> int:
     """Number of trainable parameters, computed from the shapes (tied head, no buffers)."""
+    if config.family == "openpangu":
+        return _count_openpangu(config)
     h, f = config.hidden_size, config.ffn_hidden_size
     attention = 4 * h * h + 4 * h
     ffn = h * f + f + f * h + h
@@ -204,6 +357,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-large": dict(_GPT2, hidden_size=1280, num_layers=36, num_heads=20),
     "gpt2-xl": dict(_GPT2, hidden_size=1600, num_layers=48, num_heads=25),
     "gpt2-tiny": dict(_GPT2, hidden_size=64, num_layers=2, num_heads=4),
+    # openPangu-Embedded (formats.md §6.1): the 1B's numbers come from its MindSpeed fine-tuning script (its
+    # config.json was not available: tie_word_embeddings and rms_norm_eps are the 7B's), the 7B's from its files
+    "openpangu_embedded_1b": dict(family="openpangu"),
+    "openpangu_embedded_7b": dict(family="openpangu", hidden_size=4096, intermediate_size=12800,
+                                  num_hidden_layers=34, num_attention_heads=32, num_key_value_heads=8,
+                                  rope_theta=1.6e7),
+    "openpangu_embedded_tiny": dict(family="openpangu", vocab_size=1024, hidden_size=64, intermediate_size=160,
+                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                    max_position_embeddings=1024, eos_token_id=2),
 }
 
 # The reference's `--mode` values and a few common spellings.
@@ -223,4 +385,6 @@ def get_preset(name: str, **overrides: Any) -> ModelConfig:
     key = ALIASES.get(key, key)
     if key not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())}")
+    if PRESETS[key]["family"] == "openpangu":  # overrides may use the project's names (num_layers, ...)
+        return OpenPanguConfig(**PRESETS[key]).replace(**overrides)
     return ModelConfig(**{**PRESETS[key], **overrides})

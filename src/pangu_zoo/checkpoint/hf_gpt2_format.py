@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 from collections.abc import Callable
 from functools import partial
@@ -22,17 +21,15 @@ import numpy as np
 
 from pangu_zoo.checkpoint import hf_gpt2
 from pangu_zoo.checkpoint.formats import Format, Weights, refuse_tp, register
-from pangu_zoo.checkpoint.lazy import BFLOAT16, LazyWeights, TensorSpec, param_dtype_of, spec_of, stored_as
+from pangu_zoo.checkpoint.hf_weights import WEIGHTS_NAME, open_hf_weights
+from pangu_zoo.checkpoint.lazy import LazyWeights, TensorSpec, param_dtype_of, spec_of, stored_as
 from pangu_zoo.checkpoint.mindformers import POSITION, WORD
 from pangu_zoo.checkpoint.pretrained import CONFIG_NAME, read_config
-from pangu_zoo.checkpoint.safetensors_stream import SafetensorsFile, write_safetensors
+from pangu_zoo.checkpoint.safetensors_stream import write_safetensors
 from pangu_zoo.checkpoint.tokenizer_files import copy_tokenizer
 from pangu_zoo.config import ModelConfig
 from pangu_zoo.errors import CheckpointError, ConfigError
 
-WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
-TORCH_NAME = "pytorch_model.bin"
 PREFIX = "transformer."
 HEAD = "lm_head.weight"
 # OpenAI's names for the GPT-2 tokenizer files -> the ones transformers looks for
@@ -52,63 +49,6 @@ _BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 
 # reading
-
-def _torch_weights(path: Path) -> LazyWeights:
-    try:
-        import torch
-    except ImportError as error:
-        raise CheckpointError(f"{path} is a PyTorch pickle and reading it needs torch "
-                              f"(pip install 'pangu-zoo[torch]'), or give a folder with {WEIGHTS_NAME}") from error
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"refusing to read {path}: it holds Python objects besides tensors, and unpickling "
-                              f"them could run code; only plain tensor state dicts are read ({first_line})") from error
-    except Exception as error:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"cannot read {path} (truncated, or not a PyTorch file?): {error}") from error
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict (it holds a {type(state).__name__})")
-    tensors = {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}
-
-    def spec(value) -> TensorSpec:
-        if value.dtype == torch.bfloat16:
-            return TensorSpec(tuple(value.shape), np.float32, BFLOAT16)
-        return TensorSpec(tuple(value.shape), str(value.dtype).removeprefix("torch."))
-
-    def load(name: str) -> np.ndarray:
-        value = tensors[name].detach()
-        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
-
-    return LazyWeights({name: spec(value) for name, value in tensors.items()}, load)
-
-
-def _sharded(index_file: Path) -> LazyWeights:
-    try:
-        weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
-        files = {name: index_file.parent / shard for name, shard in weight_map.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{index_file} is not a safetensors index (with a weight_map): {error}") from error
-    shards = {path: SafetensorsFile(path) for path in sorted(set(files.values()))}
-    specs = {}
-    for name, path in files.items():
-        if name not in shards[path].specs:
-            raise CheckpointError(f"{index_file} places {name!r} in {path.name}, which does not hold it")
-        specs[name] = shards[path].specs[name]
-    return LazyWeights(specs, lambda name: shards[files[name]].read(name))
-
-
-def open_hf_weights(directory: Path) -> LazyWeights:
-    if (directory / WEIGHTS_NAME).is_file():
-        return SafetensorsFile(directory / WEIGHTS_NAME).lazy()
-    if (directory / INDEX_NAME).is_file():
-        return _sharded(directory / INDEX_NAME)
-    if (directory / TORCH_NAME).is_file():
-        return _torch_weights(directory / TORCH_NAME)
-    raise CheckpointError(f"{directory} has no weights file (looked for {WEIGHTS_NAME}, {INDEX_NAME}, {TORCH_NAME})")
-
 
 def _check_tied_head(source: LazyWeights) -> None:
     """Our head is the word table; an `lm_head.weight` equal to it (tied, as .bin files save it) is fine."""

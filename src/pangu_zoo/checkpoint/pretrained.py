@@ -1,10 +1,11 @@
-"""Model directories: `config.json` + weights, saved by this project or by Hugging Face (GPT-2).
+"""Model directories: `config.json` + weights, saved by this project or by Hugging Face (GPT-2, openPangu-Embedded).
 
 Our directories hold `config.json` (a `ModelConfig`, recognised by its `family` key) and exactly one of
 `model.safetensors` or `model.ckpt`: saving removes the other format's file, and loading refuses a directory
 holding both (which one is current cannot be told). Hugging Face GPT-2 directories hold their own
 `config.json` and `model.safetensors` and/or `pytorch_model.bin` (Hub folders often carry both, the same
-weights); safetensors is preferred there, as transformers does.
+weights); safetensors is preferred there, as transformers does. openPangu-Embedded models are read from and saved
+in their Hugging Face layout (`hf_openpangu`), one file or shards.
 
 This module reads and writes the files only: `read_pretrained` returns the config and the weights, and
 `pangu_zoo.models.from_pretrained` builds the model from them, so checkpoint formats never import the models.
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pangu_zoo.checkpoint import hf_gpt2
+from pangu_zoo.checkpoint import hf_gpt2, hf_openpangu
 from pangu_zoo.checkpoint.io import atomic_path, load_weights, save_weights
 from pangu_zoo.checkpoint.released import is_released_layout
 from pangu_zoo.config import ModelConfig
@@ -78,6 +79,8 @@ def read_pretrained(path: str | os.PathLike, **overrides: Any) -> tuple[ModelCon
     """
     directory = Path(path)
     values = read_config(directory)
+    if hf_openpangu.is_openpangu_config(values):
+        return hf_openpangu.read(directory, values, **overrides)
     try:
         if hf_gpt2.is_hf_gpt2_config(values):
             config = hf_gpt2.config_from_hf(values)
@@ -109,6 +112,11 @@ def save_pretrained(model, directory: str | os.PathLike, weights_format: str = "
     and remove a `model.*` weights file of the other format left by an earlier save."""
     if weights_format not in ("safetensors", "ckpt"):
         raise CheckpointError(f"unknown weights format {weights_format!r}; use safetensors or ckpt")
+    if model.config.family == "openpangu":  # its own Hugging Face layout, which transformers' tools read
+        if weights_format != "safetensors":
+            raise CheckpointError("openPangu models are saved in Hugging Face's layout, as safetensors")
+        hf_openpangu.write(model.config, model.state_dict(), directory)
+        return
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)

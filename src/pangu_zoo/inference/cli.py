@@ -1,4 +1,5 @@
-"""`pangu generate`: continue prompts with a saved model directory (ours or Hugging Face GPT-2)."""
+"""`pangu generate`: continue prompts with a saved model directory (ours, Hugging Face GPT-2 or openPangu-Embedded,
+whose prompts are always chat turns)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_dir", required=True, help="directory with config.json and weights")
-    parser.add_argument("--tokenizer", choices=["pangu-alpha", "gpt2"], help="default: from the model family")
-    parser.add_argument("--tokenizer_path", required=True, help="tokenizer folder or vocabulary file")
+    parser.add_argument("--tokenizer", choices=["pangu-alpha", "gpt2", "openpangu"],
+                        help="default: from the model family")
+    parser.add_argument("--tokenizer_path", help="tokenizer folder or vocabulary file (default: --model_dir, where "
+                                                 "openPangu keeps tokenizer.model and tokenizer_config.json)")
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     parser.add_argument("--input_file", help="one prompt per line, generated as one batch")
     parser.add_argument("--max_new_tokens", type=int, default=50)
@@ -51,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args)
     model = from_pretrained(args.model_dir, dropout_rate=0.0)
-    tokenizer = load_tokenizer(args.tokenizer or tokenizer_kind_for(model.config), args.tokenizer_path)
-    if args.chat:
+    tokenizer = load_tokenizer(args.tokenizer or tokenizer_kind_for(model.config),
+                               args.tokenizer_path or args.model_dir)
+    if args.chat or model.config.family == "openpangu":  # a chat model: prompts are user turns
         return _chat(args, model, tokenizer, prompts)
     encoded = [tokenizer.encode(p) for p in prompts]
     outputs = model.generate(encoded, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,

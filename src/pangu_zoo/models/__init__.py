@@ -1,4 +1,4 @@
-"""Model cells: the shared transformer (`layers`), the two families and the loss."""
+"""Model cells: the shared transformer (`layers`), the families and the loss."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pangu_zoo.models.causal_lm import CausalLM
 
 # importing the families registers them in CausalLM.families, which build_model and from_pretrained look up
 from pangu_zoo.models.gpt2 import GPT2LMHeadModel
+from pangu_zoo.models.openpangu import PanguEmbeddedForCausalLM
 from pangu_zoo.models.pangu_alpha import PanguAlphaForCausalLM
 
 
@@ -20,8 +21,9 @@ def build_model(config: ModelConfig | str, **overrides) -> CausalLM:
 
 
 def from_pretrained(path, **overrides) -> CausalLM:
-    """Load a directory saved by `save_pretrained` or a Hugging Face GPT-2 directory."""
+    """Load a directory saved by `save_pretrained`, a Hugging Face GPT-2 or an openPangu-Embedded directory."""
     return CausalLM.from_pretrained(path, **overrides)
 
 
-__all__ = ["CausalLM", "GPT2LMHeadModel", "PanguAlphaForCausalLM", "build_model", "from_pretrained"]
+__all__ = ["CausalLM", "GPT2LMHeadModel", "PanguAlphaForCausalLM", "PanguEmbeddedForCausalLM", "build_model",
+           "from_pretrained"]

@@ -30,6 +30,7 @@ class CausalLM(nn.Cell):
 
     family = ""
     families: ClassVar[dict[str, type[CausalLM]]] = {}  # family name -> subclass, filled as each is defined
+    backbone_class: ClassVar[type[nn.Cell]] = Backbone  # a family with other cells names its own
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -41,7 +42,7 @@ class CausalLM(nn.Cell):
         if self.family and config.family != self.family:
             raise InputError(f"{type(self).__name__} needs a {self.family} config, got family {config.family!r}")
         self.config = config
-        self.backbone = Backbone(config)
+        self.backbone = self.backbone_class(config)
         self._graphs: dict[str, nn.Cell] = {}
         self._graph_wrapper = None
 

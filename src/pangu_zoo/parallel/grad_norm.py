@@ -36,14 +36,22 @@ _MODEL_PARALLEL_AXIS = {
     "attention.projection.lora.a": 1,
     "output.mapping.lora.b": 0,
     "output.projection.lora.a": 1,
+    # openPangu: every weight [out, in]; q/k/v and gate/up column-parallel, o/down row-parallel
+    **{f"self_attn.{p}_proj.{kind}": 0 for p in "qkv" for kind in ("weight", "bias")},
+    "self_attn.o_proj.weight": 1,
+    "mlp.gate_proj.weight": 0,
+    "mlp.up_proj.weight": 0,
+    "mlp.down_proj.weight": 1,
 }
+# the word table and an untied head [vocab, h], split by rows when the head is vocab-parallel
+_VOCAB_TABLES = ("word_embedding.embedding_table", "embed_tokens.weight", "lm_head.weight")
 
 
 def model_parallel_axis(name: str, parallel: ParallelConfig) -> int | None:
     """The axis of a parameter split over the model-parallel ways, or None when every rank holds it whole."""
     if parallel.model_parallel == 1:
         return None
-    if name.endswith("word_embedding.embedding_table"):
+    if name.endswith(_VOCAB_TABLES):
         return 0 if head_vocab_parallel(parallel) else None
     for suffix, axis in _MODEL_PARALLEL_AXIS.items():
         if name.endswith(suffix):

@@ -8,6 +8,7 @@ The model code only names its primitives; this module maps each one to its entry
 from __future__ import annotations
 
 from pangu_zoo.config import ParallelConfig
+from pangu_zoo.parallel.openpangu_placement import openpangu_placement_map, place_openpangu
 from pangu_zoo.parallel.strategy import head_vocab_parallel, layer_stages, optimizer_shardable, strategy_table
 
 # primitive path inside a transformer Block -> strategy table entry
@@ -144,6 +145,8 @@ def _shard_all(root, ops: dict[str, str], table) -> None:
 def model_placement_map(model) -> dict[str, str]:
     """Primitive path inside a CausalLM -> its strategy table entry, for every primitive of the model (a test
     checks that no primitive of the cells is missing, so a new op cannot stay unsharded silently)."""
+    if model.config.family == "openpangu":  # its own cells
+        return openpangu_placement_map(model)
     backbone = model.backbone
     entries = {f"backbone.{path}": entry for path, entry in BACKBONE_OPS.items()}
     blocks = [f"blocks.{i}" for i in range(len(backbone.blocks))]
@@ -167,6 +170,12 @@ def network_placement_map(network) -> dict[str, str]:
 def place_model(model, parallel: ParallelConfig) -> None:
     """Shard every op of a CausalLM and assign pipeline stages; mark parameters optimizer sharding skips."""
     _shard_all(model, model_placement_map(model), strategy_table(parallel))
+    for name, param in model.parameters_and_names():
+        if not optimizer_shardable(name):
+            param.parallel_optimizer = False
+    if model.config.family == "openpangu":
+        place_openpangu(model, parallel)
+        return
     backbone = model.backbone
     blocks = list(backbone.blocks) + ([backbone.top_query_layer] if backbone.has_top_query else [])
     for block in blocks:
@@ -187,9 +196,6 @@ def place_model(model, parallel: ParallelConfig) -> None:
         if backbone.has_top_query:
             backbone.top_query_embedding.pipeline_stage = stages["top_query_embedding"]
             backbone.top_query_layer.pipeline_stage = stages["top_query_layer"]
-    for name, param in model.parameters_and_names():
-        if not optimizer_shardable(name):
-            param.parallel_optimizer = False
 
 
 def place_training_network(network, parallel: ParallelConfig) -> None:

@@ -11,6 +11,7 @@ import math
 
 from pangu_zoo.config import ModelConfig, ParallelConfig
 from pangu_zoo.errors import ConfigError
+from pangu_zoo.parallel.openpangu_strategy import openpangu_input_shapes, openpangu_strategies
 
 Strategy = tuple[tuple[int, ...], ...]
 
@@ -36,6 +37,13 @@ def check_plan(model: ModelConfig, parallel: ParallelConfig, device_num: int,
                         ("ffn_hidden_size", model.ffn_hidden_size)):
         if value % mp:
             raise ConfigError(f"{name} ({value}) must be a multiple of model_parallel ({mp}).")
+    if model.num_key_value_heads % mp:
+        raise ConfigError(f"num_key_value_heads ({model.num_key_value_heads}) must be a multiple of model_parallel "
+                          f"({mp}): each device holds whole key/value heads with the query heads that share them "
+                          "(grouped-query attention).")
+    if stages > 1 and getattr(model, "tie_word_embeddings", False):
+        raise ConfigError("an openPangu model with tie_word_embeddings cannot be pipelined here (the head's word "
+                          "table would sit on two stages); use --stage_num 1")
     if (device_num // stages) % (dp * mp):
         raise ConfigError(f"each pipeline stage has {device_num // stages} devices, which data_parallel ({dp}) x "
                           f"model_parallel ({mp}) must divide.")
@@ -129,6 +137,7 @@ def strategy_table(parallel: ParallelConfig) -> dict[str, Strategy]:
         "loss.aux_sum": ((1,),),
         "loss.aux_add": ((), ()),
         **moe_strategies(parallel),
+        **openpangu_strategies(parallel),
         **lora_strategies(parallel),
         "loss.max": ((dp, vp),),
         "loss.sub": ((dp, vp), (dp, 1)),
@@ -307,6 +316,7 @@ def op_input_shapes(model: ModelConfig, batch: int, seq: int, groups: int = 1,
         "loss.aux_sum": ((1,),),
         "loss.aux_add": ((), ()),
         **moe_input_shapes(model, batch, seq, groups, expert_parallel),
+        **openpangu_input_shapes(model, batch, seq),
         **lora_input_shapes(model, batch, seq),
         "loss.max": ((tokens, v),),
         "loss.sub": ((tokens, v), (tokens, 1)),
@@ -347,6 +357,6 @@ def layer_stages(model: ModelConfig, parallel: ParallelConfig) -> dict[str, int]
 
 
 def optimizer_shardable(parameter_name: str) -> bool:
-    """Optimizer sharding skips LayerNorm parameters, biases and embedding tables (parallel_optimizer=False)."""
+    """Optimizer sharding skips LayerNorm/RMSNorm parameters, biases and embedding tables (parallel_optimizer=False)."""
     name = parameter_name.lower()
-    return not ("layernorm" in name or name.endswith(".bias") or "embedding" in name)
+    return not ("norm" in name or name.endswith(".bias") or "embedding" in name or "embed_tokens" in name)

@@ -22,8 +22,9 @@ def default_end_tokens(tokenizer) -> tuple[int, ...]:
 
 
 def special_ids(tokenizer) -> set[int]:
-    """Ids of the `SPECIAL_PIECES` this tokenizer's vocabulary has."""
-    found = set()
+    """Ids of the `SPECIAL_PIECES` this tokenizer's vocabulary has, and of the special tokens it lists itself
+    (openPangu's `[unusedN]` markers)."""
+    found = set(getattr(tokenizer, "special_token_ids", ()))
     for piece in SPECIAL_PIECES:
         try:
             found.add(tokenizer.token_to_id(piece))

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=["pangu_alpha", "gpt2"], default="pangu_alpha")
+    model.add_argument("--model", choices=["pangu_alpha", "gpt2", "openpangu"], default="pangu_alpha")
     model.add_argument("--mode", default="2.6B",
                        help="preset: 350M|1.3B|2.6B|13B|200B, any `pangu presets` name, or self_define")
     model.add_argument("--config", help="JSON file of ModelConfig fields (overrides --mode)")
@@ -103,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_config(args: argparse.Namespace):
     """The ModelConfig the arguments describe."""
-    from pangu_zoo.config import ModelConfig, get_preset
+    from pangu_zoo.config import config_from_dict, get_preset
     from pangu_zoo.errors import ConfigError
 
     overrides = {"max_position_embeddings": args.seq_length, "param_dtype": args.param_init_type,
@@ -118,14 +118,18 @@ def model_config(args: argparse.Namespace):
             values = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise ConfigError(f"--config {path} is not valid JSON: {error}") from error
-        return ModelConfig.from_dict({**values, **overrides})
+        return config_from_dict({**values, **overrides})
     if args.mode == "self_define":
-        base = "pangu_alpha_tiny" if args.model == "pangu_alpha" else "gpt2-tiny"
+        base = {"pangu_alpha": "pangu_alpha_tiny", "gpt2": "gpt2-tiny",
+                "openpangu": "openpangu_embedded_tiny"}[args.model]
         return get_preset(base, hidden_size=args.embedding_size, num_layers=args.num_layers,
                           num_heads=args.num_heads, ffn_hidden_size=4 * args.embedding_size, **overrides)
     config = get_preset(args.mode, **overrides)
     if config.family != args.model and args.mode.lower() in ("350m", "1.3b", "2.6b", "13b", "200b"):
         raise ConfigError(f"--mode {args.mode} is a PanGu-alpha preset; for GPT-2 use gpt2, gpt2-medium, ...")
+    if (config.family == "openpangu") != (args.model == "openpangu"):
+        raise ConfigError(f"--mode {args.mode} is a {config.family} preset but --model is {args.model}; the openPangu "
+                          "presets are openpangu_embedded_1b, openpangu_embedded_7b and openpangu_embedded_tiny")
     return config
 
 
