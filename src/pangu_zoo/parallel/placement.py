@@ -96,7 +96,7 @@ BACKBONE_OPS = {
     "embedding_sum.dropout.dropout": "embedding.dropout",
     "layernorm.norm": "layernorm",
     "head.matmul": "head.matmul",
-    "aux_add": "moe.balance.add",  # sums the layers' load-balance losses
+    "aux_add": "moe.aux.add",  # sums the layers' load-balance losses
 }
 TOP_QUERY_OPS = {"top_query_embedding.gather": "top_query_embedding.gather"}
 # Linear inside a Block -> how the table splits it, which its LoRA adapter (models/lora.py) follows

@@ -33,6 +33,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--num_heads", type=int, default=128, help="heads for self_define")
     model.add_argument("--param_init_type", choices=["fp32", "fp16", "bf16"], default="fp32")
     model.add_argument("--dropout_rate", type=float, default=0.1)
+    moe = parser.add_argument_group("mixture of experts (docs/moe.md)")
+    moe.add_argument("--use_moe", type=int, choices=[0, 1], default=0, help="1: MoE FFN in every ordinary block")
+    moe.add_argument("--expert_num", type=int, default=1, help="experts per MoE layer")
+    moe.add_argument("--per_token_num_experts_chosen", type=int, default=1, help="experts each token takes (k)")
+    moe.add_argument("--capacity_factor", type=float, default=1.1,
+                     help="expert capacity = ceil(k x tokens per group x factor / experts)")
+    moe.add_argument("--aux_loss_factor", type=float, default=0.05, help="weight of the load-balance loss")
 
 
 def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +55,12 @@ def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
     par.add_argument("--word_emb_dp", type=int, choices=[0, 1], default=1,
                      help="1: replicate the word table; 0: split it over the model-parallel ways")
     par.add_argument("--gradient_aggregation_group", type=int, default=4)
+    par.add_argument("--expert_parallel_num", type=int, default=1,
+                     help="ways the experts are split (must divide expert_num and the data-parallel ways)")
+    par.add_argument("--enable_alltoall", type=int, choices=[0, 1], default=None,
+                     help="accepted for the reference launchers: AllToAll is always on when expert_parallel_num > 1")
+    par.add_argument("--opt_offload", type=int, choices=[0, 1], default=0,
+                     help="1: optimizer state and update on the host (AdamWeightDecay only)")
     par.add_argument("--per_batch_size", type=int, required=True, help="rows per data-parallel replica")
     par.add_argument("--optimizer", choices=["adam", "lamb"], default="adam")
 
@@ -108,6 +121,9 @@ def model_config(args: argparse.Namespace):
 
     overrides = {"max_position_embeddings": args.seq_length, "param_dtype": args.param_init_type,
                  "dropout_rate": args.dropout_rate}
+    moe = moe_config(args)
+    if args.use_moe:  # otherwise a --config file's own MoE settings stand
+        overrides["moe"] = moe
     if args.vocab_size:
         overrides["vocab_size"] = args.vocab_size
     if args.config:
@@ -133,6 +149,21 @@ def model_config(args: argparse.Namespace):
     return config
 
 
+def moe_config(args: argparse.Namespace):
+    """The MoEConfig of the arguments: one expert (a dense FFN) unless --use_moe 1."""
+    from pangu_zoo.config import MoEConfig
+    from pangu_zoo.errors import ConfigError
+
+    if not args.use_moe:
+        if args.expert_num > 1:
+            raise ConfigError(f"--expert_num {args.expert_num} needs --use_moe 1")
+        return MoEConfig()
+    if args.expert_num < 2:
+        raise ConfigError("--use_moe 1 needs --expert_num of at least 2")
+    return MoEConfig(expert_num=args.expert_num, num_experts_chosen=args.per_token_num_experts_chosen,
+                     capacity_factor=args.capacity_factor, aux_loss_factor=args.aux_loss_factor)
+
+
 def parallel_config(args: argparse.Namespace, device_num: int):
     """The ParallelConfig of the arguments for `device_num` devices; data_parallel is what remains."""
     from pangu_zoo.config import ParallelConfig
@@ -147,7 +178,8 @@ def parallel_config(args: argparse.Namespace, device_num: int):
     return ParallelConfig(data_parallel=device_num // (mp * stages), model_parallel=mp, pipeline_stage=stages,
                           micro_batch_num=args.micro_size, optimizer_shard=bool(args.optimizer_shard),
                           vocab_emb_dp=bool(args.word_emb_dp),
-                          gradient_aggregation_group=args.gradient_aggregation_group)
+                          gradient_aggregation_group=args.gradient_aggregation_group,
+                          expert_parallel=args.expert_parallel_num)
 
 
 def checked_plan(args: argparse.Namespace, config, device_num: int, per_batch_size: int | None = None):
@@ -219,6 +251,8 @@ def run(args: argparse.Namespace) -> int:
     if args.stage == "pretrain" and not data_path.exists():  # SFT data is named by its output prefix
         raise ConfigError(f"--data_url {data_path} does not exist; create it with `pangu preprocess`")
     check_schedule(args.start_lr, args.end_lr, args.warmup_step, args.decay_steps)
+    if args.opt_offload and args.optimizer != "adam":
+        raise ConfigError(f"--opt_offload 1 offloads AdamWeightDecay; it cannot offload --optimizer {args.optimizer}")
     config = model_config(args)
     if ms.get_context("device_target") != args.device_target:  # setting it again after start-up is an error
         ms.set_device(args.device_target)
@@ -244,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
         eod_id=args.eod_id, save_dir=args.save_checkpoint_path, save_steps=args.save_checkpoint_steps,
         keep_checkpoints=args.keep_checkpoint_max, prefix=args.ckpt_name_prefix, resume=args.pre_trained,
         log_file=args.log_file, peak_gflops=args.peak_gflops, rank=rank, rank_size=rank_size, parallel=parallel,
-        full_batch=sharded, stage=args.stage)
+        full_batch=sharded, stage=args.stage, opt_offload=bool(args.opt_offload))
     records = train(model, settings)
     if records:
         print(f"trained {len(records)} steps: loss {records[0]['loss']:.4f} -> {records[-1]['loss']:.4f}")

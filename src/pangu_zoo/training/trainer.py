@@ -21,6 +21,7 @@ from pangu_zoo.data.dataset import create_dataset
 from pangu_zoo.data.model_fit import check_data_fits_model
 from pangu_zoo.data.sft.dataset import check_sft_data_fits_model, create_sft_dataset
 from pangu_zoo.errors import ConfigError, DataError
+from pangu_zoo.models.moe import routing_statistics
 from pangu_zoo.parallel.strategy import batch_description
 from pangu_zoo.runtime import use_graph_mode
 from pangu_zoo.training.build import build_train_step
@@ -59,6 +60,7 @@ class TrainSettings:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     full_batch: bool = False  # every rank reads the whole global batch (sharded plans)
     stage: str = "pretrain"  # "sft": data_path holds packed instruction rows (pangu_zoo.data.sft)
+    opt_offload: bool = False  # optimizer state and update on the host (pangu_zoo.training.offload)
 
     @property
     def read_batch(self) -> int:
@@ -95,6 +97,15 @@ def _dataset(settings: TrainSettings, model, samples_seen: int, epoch: int):
                           seq_length=model.config.max_position_embeddings)
 
 
+def routing_text(routing: dict | None) -> str:
+    """The MoE part of a log line: load-balance loss, tokens per expert and the share dropped."""
+    if routing is None:
+        return ""
+    load = "/".join(str(count) for count in routing["expert_load"])
+    return (f" aux {routing['aux_loss']:.4f} (in the loss) expert load {load} dropped "
+            f"{100 * routing['dropped_share']:.1f}%")
+
+
 def optimizer_step(train_cell) -> int:
     """The optimizer's own step counter, which the schedule reads: it does not advance on skipped steps."""
     return int(train_cell.optimizer.global_step.asnumpy().reshape(-1)[0])
@@ -123,7 +134,7 @@ def train(model, settings: TrainSettings) -> list[dict]:
     if settings.rank_size > 1:  # every rank keeps its own checkpoints, as the reference's rank_{i} folders
         save_dir = save_dir / f"rank_{settings.rank}"
     lr = WarmupCosineLR(settings.start_lr, settings.end_lr, settings.warmup_steps, settings.decay_steps)
-    train_cell = build_train_step(model, settings.parallel, settings.optimizer, lr)
+    train_cell = build_train_step(model, settings.parallel, settings.optimizer, lr, opt_offload=settings.opt_offload)
     train_cell.set_train(True)
 
     step, samples_seen = 0, 0
@@ -172,13 +183,16 @@ def train(model, settings: TrainSettings) -> list[dict]:
                     "grad_norm": float(norm.asnumpy()), "tokens_per_s": tokens_per_step / elapsed,
                     "mfu": step_flops / elapsed / (settings.peak_gflops * 1e9),
                 }
+                routing = routing_statistics(model)
+                if routing is not None:  # MoE: tokens per expert, dropped share, load-balance loss (in "loss")
+                    record.update(routing)
                 records.append(record)
                 log_stream.write(json.dumps(record) + "\n")
                 log_stream.flush()
                 if step % settings.log_every == 0 or step == total_steps:
-                    log.info("step %d loss %.4f lr %.3g scale %.3g overflow %s tokens/s %.0f mfu %.1f%%", step,
+                    log.info("step %d loss %.4f lr %.3g scale %.3g overflow %s tokens/s %.0f mfu %.1f%%%s", step,
                              loss_value, record["lr"], record["loss_scale"], record["overflow"],
-                             record["tokens_per_s"], 100 * record["mfu"])
+                             record["tokens_per_s"], 100 * record["mfu"], routing_text(routing))
                 if settings.save_steps and (step % settings.save_steps == 0 or step == total_steps):
                     save_training_checkpoint(train_cell, save_dir, settings.prefix, step, samples_seen,
                                              settings.keep_checkpoints)
