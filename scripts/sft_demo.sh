@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Fine-tune a small PanGu-alpha on the C3-derived SFT set end to end, on CPU:
 # make the set, pack it, train with --stage sft, draw the loss curve, ask dev questions with the chat template.
-#   bash scripts/sft_demo.sh [OUT_DIR] [STEPS]
+#   bash scripts/sft_demo.sh OUT_DIR [STEPS]     e.g. bash scripts/sft_demo.sh output/sft_demo 1500
 # DATA (default ../shared/data next to the repository) holds c3/ and pangu_tokenizer/.
 set -euo pipefail
+if [ $# -lt 1 ]; then
+    echo "Usage: bash $0 OUT_DIR [STEPS]" >&2
+    exit 1
+fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-OUT=${1:-output/sft_demo}
+OUT=$1
 STEPS=${2:-1500}
 DATA=${DATA:-$ROOT/../shared/data}
 PYTHON=${PYTHON:-python}
