@@ -529,7 +529,7 @@ def create_app(engine, tokenizer, model_name: str, limits: Limits | None = None,
     limits = limits or Limits()
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
-    service = Service(engine, tokenizer, model_name, limits, get_template(chat_template))
+    service = Service(engine, tokenizer, model_name, limits, get_template(chat_template, tokenizer))
     app.extensions["pangu_zoo"] = service
     _page_routes(app)
     _reference_routes(app, service)

@@ -16,7 +16,8 @@ The labels follow the tokenizer's kind. The template also names stop strings (th
 so a base model that goes on to write the user's next line is cut there.
 
 A model with its own chat format registers a `ChatTemplate` under a name (`register_template`) and the server
-is started with that name.
+is started with that name. openPangu-Embedded's tokenizer selects its own template, `openpangu`
+(`[unused9]用户：...[unused10]` turns, formats.md §6.3), after the BOS piece; its turn end is the end id.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pangu_zoo.data.sft.chat_template import render_chat
 from pangu_zoo.errors import InputError
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -75,18 +77,28 @@ def transcript_stops(tokenizer) -> tuple[str, ...]:
     return (f"\n{labels.user}{labels.separator}".rstrip(" "),)
 
 
-TEMPLATES: dict[str, ChatTemplate] = {"transcript": ChatTemplate("transcript", render_transcript, transcript_stops)}
+def render_openpangu(messages: list[dict], tokenizer) -> str:
+    """openPangu's template with the generation prompt, after the tokenizer's BOS piece (as the released tokenizer
+    adds BOS to the rendered text); developer messages are system turns."""
+    turns = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
+    return (getattr(tokenizer, "bos_token", None) or "") + render_chat(turns, add_generation_prompt=True)
+
+
+TEMPLATES: dict[str, ChatTemplate] = {"transcript": ChatTemplate("transcript", render_transcript, transcript_stops),
+                                      "openpangu": ChatTemplate("openpangu", render_openpangu)}
 DEFAULT_TEMPLATE = "transcript"
+KIND_TEMPLATES = {"openpangu": "openpangu"}  # tokenizer kind -> the template its models were trained with
 
 
 def register_template(template: ChatTemplate) -> None:
     TEMPLATES[template.name] = template
 
 
-def get_template(template: str | ChatTemplate | None = None) -> ChatTemplate:
+def get_template(template: str | ChatTemplate | None = None, tokenizer=None) -> ChatTemplate:
+    """The template named (or given); by default the one of the tokenizer's kind, else the transcript."""
     if isinstance(template, ChatTemplate):
         return template
-    name = template or DEFAULT_TEMPLATE
+    name = template or KIND_TEMPLATES.get(getattr(tokenizer, "kind", ""), DEFAULT_TEMPLATE)
     if name not in TEMPLATES:
         raise InputError(f"unknown chat template {name!r}; known: {sorted(TEMPLATES)}")
     return TEMPLATES[name]
@@ -104,6 +116,7 @@ def check_messages(messages: list[dict]) -> None:
 
 
 def chat_prompt(messages: list[dict], tokenizer, template: str | ChatTemplate | None = None) -> str:
-    """The prompt text for `messages` ([{role, content}]) under `template` (default: the transcript)."""
+    """The prompt text for `messages` ([{role, content}]) under `template` (default: the tokenizer kind's, else
+    the transcript)."""
     check_messages(messages)
-    return get_template(template).render(messages, tokenizer)
+    return get_template(template, tokenizer).render(messages, tokenizer)

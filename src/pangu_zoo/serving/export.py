@@ -45,7 +45,7 @@ def graph_names(config) -> dict[str, str]:
 
 def signatures(config) -> dict[str, dict]:
     """Each graph's inputs and outputs as (name, dtype, shape), None for a dynamic axis."""
-    n, d, layers, v = config.num_heads, config.head_dim, config.num_layers, config.vocab_size
+    n, d, layers, v = config.num_key_value_heads, config.head_dim, config.num_layers, config.vocab_size
     cache_dtype = config.compute_dtype
     caches = [(f"{kind}_{i}", cache_dtype, [None, n, None, d]) for kind in ("key", "value") for i in range(layers)]
     return {
@@ -95,11 +95,17 @@ def _open_to_readers(folder: Path) -> None:
     os.chmod(folder, 0o755)
 
 
+# files of a model folder that are not the tokenizer's (openPangu keeps its tokenizer in the model folder)
+NOT_TOKENIZER = ("config.json", "generation_config.json", "model.safetensors.index.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
+
+
 def _copy_tokenizer(tokenizer_path: Path, folder: Path) -> list[str]:
     target = folder / "tokenizer"
     target.mkdir()
-    sources = [tokenizer_path] if tokenizer_path.is_file() else sorted(p for p in tokenizer_path.iterdir()
-                                                                       if p.is_file())
+    sources = [tokenizer_path] if tokenizer_path.is_file() else sorted(
+        p for p in tokenizer_path.iterdir()
+        if p.is_file() and p.name not in NOT_TOKENIZER and not p.name.endswith(WEIGHT_SUFFIXES))
     for source in sources:
         shutil.copy2(source, target / source.name)
     return [source.name for source in sources]

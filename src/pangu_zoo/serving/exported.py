@@ -13,7 +13,7 @@ from pathlib import Path
 import mindspore as ms
 from mindspore import nn
 
-from pangu_zoo.config import ModelConfig
+from pangu_zoo.config import config_from_dict
 from pangu_zoo.errors import CheckpointError
 from pangu_zoo.models.causal_lm import CausalLM
 from pangu_zoo.serving.export import FORMAT, MANIFEST, SERVING_LAYOUT, placeholders, sha256_of
@@ -68,7 +68,7 @@ class ExportedModel:
         self.manifest = read_manifest(self.folder)
         if verify:
             verify_files(self.folder, self.manifest)
-        self.config = ModelConfig.from_dict(self.manifest["model"])
+        self.config = config_from_dict(self.manifest["model"])
         self.end_ids = tuple(self.manifest.get("end_ids", ()))
         self._graphs: dict[str, nn.GraphCell] = {}
 

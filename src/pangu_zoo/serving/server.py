@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="an exported folder (export.py), or a model to export first and serve")
-    parser.add_argument("--tokenizer_path", help="tokenizer folder or file (default: the one in the export)")
-    parser.add_argument("--tokenizer", choices=["pangu-alpha", "gpt2"], help="default: from the model family")
+    parser.add_argument("--tokenizer_path", help="tokenizer folder or file (default: the one in the export, or the "
+                                                 "model folder when it holds one, as openPangu's do)")
+    parser.add_argument("--tokenizer", choices=["pangu-alpha", "gpt2", "openpangu"],
+                        help="default: from the model family")
     parser.add_argument("--mode", default="2.6B", help="preset that shapes released folders and .ckpt files")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     parser.add_argument("--port", type=int, default=5000)
@@ -55,13 +57,15 @@ def load_served_model(args: argparse.Namespace):
         from pangu_zoo.checkpoint.loader import load_model
 
         model = load_model(path, args.mode, None, dropout_rate=0.0)
+        # a Hugging Face model folder (openPangu's) carries its tokenizer
+        tokenizer_path = args.tokenizer_path or (path if (path / "tokenizer_config.json").is_file() else None)
         if args.no_export:
-            return model, None, None, (), path.name
+            return model, tokenizer_path, None, (), path.name
         from pangu_zoo.serving.export import export_model
         from pangu_zoo.tokenizers import tokenizer_kind_for
 
         kind = args.tokenizer or tokenizer_kind_for(model.config)
-        path = export_model(model, args.export_dir, args.tokenizer_path, kind, overwrite=True)
+        path = export_model(model, args.export_dir, tokenizer_path, kind, overwrite=True)
         log.info("exported %s to %s", args.model, path)
     exported = ExportedModel(path)
     return exported, exported.tokenizer_dir, exported.tokenizer_kind, exported.end_ids, Path(args.model).name
