@@ -23,7 +23,7 @@ QUESTIONS = ["今天天气很好", "我们去公园散步吧", "机器学习是�
 
 @pytest.fixture(scope="module")
 def fine_tuned(tmp_path_factory):
-    """(model folder, tokenizer): trained for 60 steps to answer every question with REPLY."""
+    """(model folder, tokenizer, data prefix, losses): trained for 60 steps to answer every question with REPLY."""
     from pangu_zoo.tokenizers import load_tokenizer
 
     root = tmp_path_factory.mktemp("openpangu_sft")
@@ -51,14 +51,14 @@ def fine_tuned(tmp_path_factory):
     for name in ("tokenizer.model", "tokenizer_config.json"):  # the served folder carries its tokenizer
         shutil.copy(base / name, model_dir / name)
     assert json.loads((model_dir / "config.json").read_text())["model_type"] == "PanguEmbedded"
-    return model_dir, tokenizer
+    return model_dir, tokenizer, root / "data" / "sft", losses
 
 
 @pytest.fixture(scope="module")
 def served(fine_tuned):
     from pangu_zoo.models import from_pretrained
 
-    model_dir, tokenizer = fine_tuned
+    model_dir, tokenizer, _, _ = fine_tuned
     with serving_fixtures.serve_model(from_pretrained(model_dir, dropout_rate=0.0), tokenizer) as server:
         yield server
 
@@ -111,7 +111,7 @@ def test_export_serves_the_same_reply(fine_tuned, tmp_path):
     from pangu_zoo.serving import server
     from pangu_zoo.serving.exported import ExportedModel
 
-    model_dir, tokenizer = fine_tuned
+    model_dir, tokenizer, _, _ = fine_tuned
     parser = argparse.ArgumentParser()
     server.add_arguments(parser)
     args = parser.parse_args([str(model_dir), "--export_dir", str(tmp_path)])
@@ -123,3 +123,21 @@ def test_export_serves_the_same_reply(fine_tuned, tmp_path):
     prompt = tokenizer.encode("<s>[unused9]系统：[unused10][unused9]用户：你好[unused10][unused9]助手：")
     model = from_pretrained(model_dir, dropout_rate=0.0)
     assert exported.generate([prompt], max_new_tokens=8) == model.generate([prompt], max_new_tokens=8)
+
+
+def test_training_starts_from_a_hugging_face_folder(fine_tuned, tmp_path):
+    """`--load_ckpt_path` takes the folder (its 32768 positions bound nothing: rotary embeddings have no table, so the
+    run trains at --seq_length); the first loss is the fine-tuned model's, far below the random start's."""
+    model_dir, _, data, first_run = fine_tuned
+    folder = tmp_path / "start"
+    shutil.copytree(model_dir, folder)
+    values = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(values, max_position_embeddings=32768)))
+    log = tmp_path / "log.jsonl"
+    assert main(["train", "--stage", "sft", "--model", "openpangu", "--load_ckpt_path", str(folder), "--seq_length",
+                 "64", "--data_url", str(data), "--per_batch_size", "4", "--max_steps", "2", "--start_lr", "1e-6",
+                 "--end_lr", "1e-7", "--warmup_step", "1", "--decay_steps", "2", "--dropout_rate", "0",
+                 "--save_checkpoint_path", str(tmp_path / "ck"), "--save_checkpoint_steps", "1000", "--log_file",
+                 str(log)]) == 0
+    losses = [json.loads(line)["loss"] for line in log.read_text().splitlines()]
+    assert losses[0] < first_run[0] / 4 and losses[0] == pytest.approx(np.mean(first_run[-5:]), rel=1.0)

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=["pangu_alpha", "gpt2", "openpangu"], default="pangu_alpha")
-    model.add_argument("--mode", default="2.6B",
-                       help="preset: 350M|1.3B|2.6B|13B|200B, any `pangu presets` name, or self_define")
+    model.add_argument("--mode", default=None,
+                       help="preset: 350M|1.3B|2.6B|13B|200B, any `pangu presets` name, or self_define (default: "
+                            "2.6B; openpangu_embedded_1b with --model openpangu)")
     model.add_argument("--config", help="JSON file of ModelConfig fields (overrides --mode)")
     model.add_argument("--seq_length", type=int, default=1024)
     model.add_argument("--vocab_size", type=int, default=None)
@@ -135,16 +136,17 @@ def model_config(args: argparse.Namespace):
         except json.JSONDecodeError as error:
             raise ConfigError(f"--config {path} is not valid JSON: {error}") from error
         return config_from_dict({**values, **overrides})
-    if args.mode == "self_define":
+    mode = args.mode or ("openpangu_embedded_1b" if args.model == "openpangu" else "2.6B")
+    if mode == "self_define":
         base = {"pangu_alpha": "pangu_alpha_tiny", "gpt2": "gpt2-tiny",
                 "openpangu": "openpangu_embedded_tiny"}[args.model]
         return get_preset(base, hidden_size=args.embedding_size, num_layers=args.num_layers,
                           num_heads=args.num_heads, ffn_hidden_size=4 * args.embedding_size, **overrides)
-    config = get_preset(args.mode, **overrides)
-    if config.family != args.model and args.mode.lower() in ("350m", "1.3b", "2.6b", "13b", "200b"):
-        raise ConfigError(f"--mode {args.mode} is a PanGu-alpha preset; for GPT-2 use gpt2, gpt2-medium, ...")
+    config = get_preset(mode, **overrides)
+    if config.family != args.model and mode.lower() in ("350m", "1.3b", "2.6b", "13b", "200b"):
+        raise ConfigError(f"--mode {mode} is a PanGu-alpha preset; for GPT-2 use gpt2, gpt2-medium, ...")
     if (config.family == "openpangu") != (args.model == "openpangu"):
-        raise ConfigError(f"--mode {args.mode} is a {config.family} preset but --model is {args.model}; the openPangu "
+        raise ConfigError(f"--mode {mode} is a {config.family} preset but --model is {args.model}; the openPangu "
                           "presets are openpangu_embedded_1b, openpangu_embedded_7b and openpangu_embedded_tiny")
     return config
 
@@ -225,8 +227,11 @@ def starting_model(args: argparse.Namespace, config):
                           "PanGu-alpha folder or .ckpt file)")
     path = checkpoint_path(args.load_ckpt_path, args.load_ckpt_name)
     log.info("starting from %s", path)
-    return load_model(path, config, args.strategy_load_ckpt_path or None, dropout_rate=args.dropout_rate,
-                      **activation)
+    model = load_model(path, config, args.strategy_load_ckpt_path or None, dropout_rate=args.dropout_rate,
+                       **activation)
+    if model.config.family == "openpangu":  # rotary positions, no table to fit: train at --seq_length
+        model.config = model.config.replace(max_position_embeddings=args.seq_length)
+    return model
 
 
 def run(args: argparse.Namespace) -> int:
