@@ -185,3 +185,20 @@ def test_7b_on_32_devices_mp8_four_stages(tmp_path):
     assert p["lm_head.weight"] == [153376 // 8, 4096]  # pipelining splits the head's vocabulary
     total = sum(math.prod(x["full_shape"]) for r in data["ranks"] for x in r["parameters"])
     assert total == 8_030_887_936  # every parameter of the 7B held by exactly one stage
+
+
+def test_preset_counts_match_the_released_shapes(capsys):
+    from pangu_zoo.cli import main
+    from pangu_zoo.config import count_parameters
+    from pangu_zoo.models import build_model
+
+    # the released 7B index: 16,061,784,576 bytes = bf16 parameters + 34 fp32 rotary buffers of 64 frequencies
+    assert 2 * count_parameters(get_preset("openpangu_embedded_7b")) + 34 * 64 * 4 == 16_061_784_576
+    # the 1B by hand: per layer q/o 1536², k/v 768x1536 with their biases, 3 x 1536 x 6144, two norms
+    layer = 2 * (1536 * 1536 + 1536) + 2 * (768 * 1536 + 768) + 3 * 1536 * 6144 + 2 * 1536
+    assert count_parameters(get_preset("openpangu_embedded_1b")) == 26 * layer + 2 * 153376 * 1536 + 1536
+    tied = build_model("openpangu_embedded_tiny", tie_word_embeddings=True, bias=False)
+    assert count_parameters(tied.config) == sum(v.size for v in tied.state_dict().values())
+    assert main(["presets"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("openpangu_embedded_7b "))
+    assert line.split()[1:] == ["34", "4096", "32", "153376", "8,030,887,936"]
