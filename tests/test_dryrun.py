@@ -129,6 +129,16 @@ def test_pipeline_two_stages(configs, tmp_path, family):
         assert params_of(rank)["word_embedding.embedding_table"]["slice_shape"] == [VOCAB // 2, H]
 
 
+def test_sft_plan_compiles_pipelined(configs, tmp_path):
+    """--stage sft: the step compiles with packed instruction batches (int8 block-diagonal masks, restarted
+    positions, loss mask from labels) built by the transform train.py --stage sft uses."""
+    result, data = dryrun(configs["pangu_alpha"], tmp_path, 8, dp=2, mp=2, stages=2, micro=2, opt_shard=1,
+                          extra=["--stage", "sft", "--jobs", "2"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [r["rank"] for r in data["ranks"]] == [0, 4] and data["plan"]["stage"] == "sft"
+    assert all(rank["global_norm_allreduce"] for rank in data["ranks"])
+
+
 def test_sixteen_devices_four_stages(configs, tmp_path):
     parallel = ParallelConfig(data_parallel=2, model_parallel=2, pipeline_stage=4, micro_batch_num=4,
                               optimizer_shard=True)

@@ -258,18 +258,14 @@ class Block(nn.Cell):
         y, aux = y if self.use_moe else (y, self.no_aux)
         return self.residual_add(x, _cast(y, x.dtype)), aux
 
-    def layer(self, x, bias, query=None):
-        """x [B, S, h] -> (x', k, v, aux loss)."""
+    def construct(self, x, bias, query=None):
+        """x [B, S, h] -> (x', k, v, load-balance loss). Callers call the cell itself (not a method), so that a
+        pipeline plan places the whole layer on the block's stage."""
         a = _cast(self.layernorm1(x), self.compute_dtype)
         q_in = a if query is None else query
         attn, k, v = self.attention(q_in, a, bias)
         x, aux = self._ffn_residual(self.residual_add(x, _cast(attn, x.dtype)))
         return x, k, v, aux
-
-    def construct(self, x, bias, query=None):
-        """x [B, S, h] -> (x', k, v)."""
-        x, k, v, _ = self.layer(x, bias, query)
-        return x, k, v
 
     def step(self, x, bias, slot, k_cache, v_cache, query=None):
         a = _cast(self.layernorm1(x), self.compute_dtype)
@@ -325,12 +321,12 @@ class Backbone(nn.Cell):
         x = self._embed(input_ids, position_ids)
         aux = None
         for block in self.blocks:
-            x, _, _, layer_aux = block.layer(x, bias)
+            x, _, _, layer_aux = block(x, bias)
             if self.moe:  # a dense model's graph stays free of the constant zeros
                 aux = layer_aux if aux is None else self.aux_add(aux, layer_aux)
         x = self.layernorm(x)
         if self.has_top_query:
-            x, _, _ = self.top_query_layer(x, bias, self._top_query(position_ids))
+            x, _, _, _ = self.top_query_layer(x, bias, self._top_query(position_ids))
         return x, aux
 
     def prefill(self, input_ids, position_ids, bias):
@@ -338,11 +334,11 @@ class Backbone(nn.Cell):
         x = self._embed(input_ids, position_ids)
         keys, values = (), ()
         for block in self.blocks:
-            x, k, v = block(x, bias)
+            x, k, v, _ = block(x, bias)
             keys, values = keys + (k,), values + (v,)
         x = self.layernorm(x)
         if self.has_top_query:
-            x, k, v = self.top_query_layer(x, bias, self._top_query(position_ids))
+            x, k, v, _ = self.top_query_layer(x, bias, self._top_query(position_ids))
             keys, values = keys + (k,), values + (v,)
         return x, keys, values
 

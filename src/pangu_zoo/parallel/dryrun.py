@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="ranks compiled at once (one process each; a 200B rank needs about 9 GB)")
     run.add_argument("--cache_dir", help="where the simulation environment is built (default ~/.cache/pangu)")
     run.add_argument("--brief", action="store_true", help="one line per rank, no parameter table")
+    run.add_argument("--stage", choices=["pretrain", "sft"], default="pretrain",
+                     help="sft: compile with packed instruction batches (int8 block-diagonal masks, restarted "
+                          "positions), as train.py --stage sft feeds the step")
 
 
 def chosen_ranks(spec: str | None, device_num: int, stages: int) -> list[int]:
@@ -165,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
     root = ensure_simulation_env(args.cache_dir)
     spec = {"model": config.to_dict(), "parallel": asdict(parallel), "device_num": device_num,
             "global_batch": global_batch, "optimizer": args.optimizer, "opt_offload": bool(args.opt_offload),
+            "stage": args.stage,
             "optimizer_shard_threshold_kb": args.optimizer_shard_threshold, "lora": lora_settings(args)}
     print(f"dry run: {config.family} h={config.hidden_size} layers={config.num_layers} "
           f"seq={config.max_position_embeddings}"

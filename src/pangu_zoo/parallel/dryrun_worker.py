@@ -91,10 +91,13 @@ def compile_rank(spec: dict) -> dict:
                                   opt_offload=spec.get("opt_offload", False))
 
     batch, seq = spec["global_batch"], config.max_position_embeddings
-    inputs = (ms.Tensor(shape=(batch, seq + 1), dtype=ms.int32, init=One()),
-              ms.Tensor(shape=(batch, seq), dtype=ms.int32, init=One()),
-              ms.Tensor(shape=(batch, seq, seq), dtype=ms.int32, init=One()),
-              ms.Tensor(shape=(batch, seq), dtype=ms.float32, init=One()))
+    if spec.get("stage") == "sft":
+        inputs = tuple(ms.Tensor(column) for column in packed_sft_batch(batch, seq, config.pad_token_id))
+    else:
+        inputs = (ms.Tensor(shape=(batch, seq + 1), dtype=ms.int32, init=One()),
+                  ms.Tensor(shape=(batch, seq), dtype=ms.int32, init=One()),
+                  ms.Tensor(shape=(batch, seq, seq), dtype=ms.int32, init=One()),
+                  ms.Tensor(shape=(batch, seq), dtype=ms.float32, init=One()))
     start = time.perf_counter()
     train_cell.set_train(True)
     ir_dir = Path.cwd() / "ir" / "train"
@@ -154,6 +157,25 @@ def collective_counts(ir_dir: Path) -> dict[str, int]:
     host = [line for line in text.splitlines() if "FusedCastAdamWeightDecay(" in line]
     counts["host_optimizer_updates"] = sum('primitive_target: "CPU"' in line for line in host)
     return counts
+
+
+def packed_sft_batch(batch: int, seq: int, pad_id: int) -> tuple:
+    """A batch of packed instruction rows (three samples and padding per row, prompts untrained) turned into the
+    training columns by the same transform `train.py --stage sft` applies: restarted positions, block-diagonal
+    int8 attention mask, loss mask from the labels."""
+    from pangu_zoo.data.sft.dataset import SftBatchTransform
+    from pangu_zoo.data.sft.labels import IGNORE_INDEX
+
+    ids = np.full((batch, seq), pad_id, np.int32)
+    samples = np.zeros((batch, seq), np.int32)
+    labels = np.full((batch, seq), IGNORE_INDEX, np.int32)
+    bounds = [0, seq // 3, 2 * seq // 3, seq - max(seq // 8, 1)]
+    for number, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False), start=1):
+        ids[:, start:end] = np.arange(start, end) % 97 + 10
+        samples[:, start:end] = number
+        answer = (start + end) // 2
+        labels[:, answer:end] = ids[:, answer:end]
+    return SftBatchTransform(pad_id)(ids, samples, labels)
 
 
 def global_norm_groups(ir_dir: Path) -> list[str]:
