@@ -55,9 +55,15 @@ def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise CheckpointError(f"weights file {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.numpy import load_file
+            from pangu_zoo.checkpoint.safetensors_stream import SafetensorsFile
 
-            return load_file(str(path))
+            # tensor by tensor into arrays of their own: `safetensors.numpy.load_file` reads the whole file into a
+            # buffer first and its `safe_open` maps it, either of which holds the file in memory besides the arrays
+            try:
+                weights = SafetensorsFile(path)
+                return {name: weights.read(name) for name in weights.specs}
+            except CheckpointError as error:
+                raise CheckpointError(f"cannot read weights from {path}: {error}") from error
         if path.suffix == ".ckpt":
             import mindspore as ms
 

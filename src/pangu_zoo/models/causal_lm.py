@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import mindspore as ms
 import numpy as np
 from mindspore import nn
+from mindspore.nn.utils import no_init_parameters
 
 from pangu_zoo.attention_masks import causal_padding_mask, mask_to_bias
 from pangu_zoo.checkpoint import pretrained
@@ -130,8 +131,11 @@ class CausalLM(nn.Cell):
             out[name] = value.asnumpy()
         return out
 
-    def load_state_dict(self, weights: dict[str, np.ndarray], strict: bool = True) -> None:
-        """Copy `weights` into the parameters, checking names and shapes first (nothing changes on error)."""
+    def load_state_dict(self, weights: dict[str, np.ndarray], strict: bool = True, share: bool = False) -> None:
+        """Copy `weights` into the parameters, checking names and shapes first (nothing changes on error).
+        `share=True` hands the arrays over instead: a parameter of the array's dtype keeps the array's memory (no
+        copy), and each array leaves `weights` (a dict; a lazy mapping reads each one once) when it is placed, so a
+        load holds the model once."""
         params = dict(self.named_weights())
         missing = sorted(set(params) - set(weights))
         unexpected = sorted(set(weights) - set(params))
@@ -149,8 +153,14 @@ class CausalLM(nn.Cell):
                     f"model expects {tuple(param.shape)}"
                 )
         for name, param in params.items():
-            if name in weights:
+            if name not in weights:
+                continue
+            if not share:
                 param.set_data(ms.Tensor(np.asarray(weights[name])).astype(param.dtype))
+                continue
+            value = np.ascontiguousarray(weights.pop(name) if isinstance(weights, dict) else weights[name])
+            tensor = ms.Tensor.from_numpy(value) if value.flags.writeable else ms.Tensor(value)
+            param.set_data(tensor if tensor.dtype == param.dtype else tensor.astype(param.dtype))
 
     def save_pretrained(self, directory: str | os.PathLike, weights_format: str = "safetensors") -> None:
         """Write `config.json` and the weights into `directory` (see `pangu_zoo.checkpoint.pretrained`)."""
@@ -162,6 +172,8 @@ class CausalLM(nn.Cell):
         config, weights = pretrained.read_pretrained(path, **overrides)
         if cls.family and config.family != cls.family:
             raise CheckpointError(f"{path} holds a {config.family} model, not {cls.family}")
-        model = CausalLM.families[config.family](config)
-        model.load_state_dict(weights)
+        with no_init_parameters():  # every weight is loaded next: skip the random draw (5 s for GPT-2 small)
+            model = CausalLM.families[config.family](config)
+        model.load_state_dict(weights, share=True)
+        model.init_parameters_data()  # what the file does not hold (runtime state such as MoE statistics)
         return model
