@@ -35,7 +35,7 @@ from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
 from pangu_zoo.config import ModelConfig
-from pangu_zoo.models.basics import Dropout, _cast, ms_dtype
+from pangu_zoo.models.basics import Dropout, Gelu, _cast, ms_dtype
 
 STATS_NAME = "routing_stats"  # runtime statistics, not weights: never saved in a model directory
 
@@ -85,7 +85,7 @@ class MixtureOfExperts(nn.Cell):
         self.router = Router(h, e, config.initializer_range)
         self.mapping = ExpertLinear(e, h, f, config.initializer_range, dtype, cdt)
         self.projection = ExpertLinear(e, f, h, out_std, dtype, cdt)
-        self.activation = ops.FastGeLU() if config.hidden_act == "fast_gelu" else ops.GeLU()
+        self.activation = Gelu(config.hidden_act == "fast_gelu", cdt)
         self.dropout = Dropout(config.dropout_rate)
         # placement sets these for a sharded plan: routing groups (= dp) and expert-parallel ways
         self.groups, self.expert_parallel = 1, 1

@@ -11,6 +11,16 @@ from pangu_zoo.config import ParallelConfig
 from pangu_zoo.parallel.openpangu_placement import openpangu_placement_map, place_openpangu
 from pangu_zoo.parallel.strategy import head_vocab_parallel, layer_stages, optimizer_shardable, strategy_table
 
+# primitive inside the FFN's Gelu -> suffix of its activation entry: elementwise on one tensor, with a constant,
+# or on two tensors of the activation's shape
+GELU_OPS = {"square": "", "sigmoid": "", "cubic_mul": ".const", "linear_add": ".const", "linear_mul": ".const",
+            "inner_mul": ".pair", "gate_mul": ".pair"}
+
+
+def _gelu_ops(entry: str) -> dict[str, str]:
+    return {f"output.activation.{path}": entry + suffix for path, suffix in GELU_OPS.items()}
+
+
 # primitive path inside a transformer Block -> strategy table entry
 BLOCK_OPS = {
     "layernorm1.norm": "layernorm",
@@ -34,7 +44,7 @@ BLOCK_OPS = {
     "attention.dropout.dropout": "attention.dropout",
     "output.mapping.matmul": "ffn.mapping.matmul",
     "output.mapping.bias_add": "ffn.mapping.bias_add",
-    "output.activation": "ffn.activation",
+    **_gelu_ops("ffn.activation"),
     "output.projection.matmul": "ffn.projection.matmul",
     "output.projection.bias_add": "ffn.projection.bias_add",
     "output.dropout.dropout": "ffn.dropout",
@@ -80,7 +90,7 @@ MOE_FFN_OPS = {
     "output.to_experts": "moe.experts.transpose",
     "output.mapping.matmul": "moe.mapping.batch_matmul",
     "output.mapping.bias_add": "moe.mapping.bias_add",
-    "output.activation": "moe.activation",
+    **_gelu_ops("moe.activation"),
     "output.projection.matmul": "moe.projection.batch_matmul",
     "output.projection.bias_add": "moe.projection.bias_add",
     "output.from_experts": "moe.experts.transpose",
