@@ -26,6 +26,9 @@ from pangu_zoo.inference.sampling import SamplingConfig, choose_next
 
 PREFILL_BUCKET = 16
 CACHE_BUCKET = 64
+# Prompt positions (rows x positions) a prefill chunk holds: each position keeps about 1 MB of GPT-2 small's
+# intermediates alive until its graph ends, plus its scores over the cache
+CHUNK_POSITIONS = 128
 
 
 @dataclass
@@ -89,13 +92,35 @@ def _visible(ids: np.ndarray, hidden_id: int | None) -> np.ndarray:
     return np.ones(ids.shape, dtype=bool) if hidden_id is None else ids != hidden_id
 
 
-class IncrementalDecoder:
-    """Prefill once, then one token per row per step, with the cache passed in and returned."""
+def chunk_length(batch: int, padded: int, cache_len: int) -> int:
+    """Positions per prefill chunk for `batch` rows padded to `padded` positions: the whole prompt when the rows
+    fit in `CHUNK_POSITIONS`, else equal chunks of a multiple of `PREFILL_BUCKET` whose padding fits in the cache
+    (else chunks of `PREFILL_BUCKET`, else one pass)."""
+    limit = max(PREFILL_BUCKET, CHUNK_POSITIONS // batch // PREFILL_BUCKET * PREFILL_BUCKET)
+    if padded <= limit:
+        return padded
+    for length in (round_up(-(-padded // -(-padded // limit)), PREFILL_BUCKET), PREFILL_BUCKET):
+        if round_up(padded, length) <= cache_len:
+            return length
+    return padded
 
-    def __init__(self, model) -> None:
+
+class IncrementalDecoder:
+    """Prefill once, then one token per row per step, with the cache passed in and returned.
+
+    A model that offers it (`prefills_in_chunks`: this project's models on one device) prefills in chunks through
+    its "extend" graph, into a cache of the final length; others (exported models, sharded plans) prefill the
+    whole prompt in one pass."""
+
+    def __init__(self, model, chunked: bool | None = None) -> None:
+        """`chunked`: prefill in chunks (None: whenever the model offers it)."""
         self.model = model
         self.config = model.config
         self.hidden_id = hidden_token_id(model.config)
+        offered = bool(getattr(model, "prefills_in_chunks", False))
+        if chunked and not offered:
+            raise InputError("this model prefills in one pass only (an exported model or a sharded plan)")
+        self.chunked = offered if chunked is None else chunked
 
     def prefill(self, prompts: list[np.ndarray], cache_len: int | None = None) -> tuple[np.ndarray, DecodeState]:
         """Run the prompts; return the logits of each row's next token [B, V] and the state, whose cache holds
@@ -110,6 +135,10 @@ class IncrementalDecoder:
             self.model.check_input_ids(prompt)
             ids[row, :len(prompt)] = prompt
         visible = (np.arange(bucket)[None, :] < lengths[:, None]) & _visible(ids, self.hidden_id)
+        if self.chunked:
+            logits, cache = self._prefill_chunks(ids, visible, lengths, cache_len)
+            visible = np.pad(visible, ((0, 0), (0, cache_len - bucket)))
+            return logits, DecodeState(cache, lengths, visible)
         positions = np.broadcast_to(np.arange(bucket, dtype=np.int32), ids.shape)
         outputs = self.model.graph("prefill")(
             ms.Tensor(ids), ms.Tensor(np.ascontiguousarray(positions)),
@@ -123,6 +152,50 @@ class IncrementalDecoder:
             kv = tuple(ms.ops.concat((t, pad), axis=2) for t in kv)
         visible = np.pad(visible, ((0, 0), (0, cache_len - bucket)))
         return logits.asnumpy(), DecodeState(tuple(kv), lengths, visible)
+
+    def _prefill_chunks(self, ids: np.ndarray, visible: np.ndarray, lengths: np.ndarray,
+                        cache_len: int) -> tuple[np.ndarray, tuple]:
+        """The padded prompts `ids` [B, P] through the "extend" graph chunk by chunk, against a cache of `cache_len`
+        positions held in NumPy arrays that the graph reads in place (no copy): each chunk attends over the cache
+        (earlier chunks, and itself once written), with the mask the one-pass prefill uses, and its keys/values are
+        written into the arrays. Returns each row's next-token logits and the cache as tensors over the arrays."""
+        config = self.config
+        batch, padded = ids.shape
+        length = chunk_length(batch, padded, cache_len)
+        count = -(-padded // length)
+        ids = np.pad(ids, ((0, 0), (0, count * length - padded)), constant_values=config.pad_token_id)
+        seen = np.pad(visible, ((0, 0), (0, cache_len - padded)))[:, None, :]  # [B, 1, T]
+        slots = np.arange(cache_len)[None, :]
+        dtype = getattr(ms, config.compute_dtype)
+        shape = (batch, config.num_heads, cache_len, config.head_dim)
+        # NumPy has no bf16: such a cache stays a MindSpore tensor, written by concatenating the chunks
+        arrays = [np.zeros(shape, np.dtype(config.compute_dtype)) for _ in range(2 * config.num_layers)] \
+            if dtype != ms.bfloat16 else None
+        cache = tuple(ms.Tensor.from_numpy(a) for a in arrays) if arrays else \
+            (ms.ops.zeros(shape, dtype),) * (2 * config.num_layers)
+        last = np.zeros((batch, config.hidden_size), dtype=np.float32)
+        extend = self.model.graph("extend")
+        for start in range(0, count * length, length):
+            query = np.arange(start, start + length)
+            mask = ((slots <= query[:, None]) & seen) | (slots == query[:, None])  # visible keys up to each query
+            # padding past the last prompt position sits at a clipped position (its keys are never visible)
+            positions = np.minimum(query, config.max_position_embeddings - 1).astype(np.int32)
+            outputs = extend(
+                ms.Tensor(ids[:, start:start + length]), ms.Tensor(np.broadcast_to(positions, (batch, length))),
+                ms.Tensor(mask_to_bias(mask)), ms.Tensor(query.astype(np.int32)),
+                ms.Tensor(np.clip(lengths - 1 - start, 0, length - 1).astype(np.int32)), *cache,
+            )
+            if arrays:
+                for array, new in zip(arrays, outputs[1:], strict=True):
+                    array[:, :, start:start + length] = new.asnumpy()
+            else:
+                cache = tuple(ms.ops.concat((c[:, :, :start], new, c[:, :, start + length:]), axis=2)
+                              for c, new in zip(cache, outputs[1:], strict=True))
+            ends_here = (lengths - 1 >= start) & (lengths - 1 < start + length)
+            if ends_here.any():
+                last[ends_here] = outputs[0].asnumpy()[ends_here]
+        logits = self.model.graph("head")(ms.Tensor(last))
+        return logits.asnumpy(), cache
 
     def step(self, tokens: np.ndarray, state: DecodeState) -> tuple[np.ndarray, DecodeState]:
         """Feed one token per row [B]; return next-token logits [B, V] and the new state."""

@@ -62,6 +62,13 @@ class CausalLM(nn.Cell):
             self._graphs[name] = self._graph_wrapper(name, cell) if self._graph_wrapper else cell
         return self._graphs[name]
 
+    @property
+    def prefills_in_chunks(self) -> bool:
+        """Whether prompts can go through the "extend" graph chunk by chunk (see `pangu_zoo.models.graphs`): on one
+        device, with a backbone whose `step` takes several positions and a scatter index."""
+        return self._graph_wrapper is None and hasattr(self.backbone, "cache_index") and \
+            not self.backbone.sharded_cache_write
+
     def set_graph_wrapper(self, wrapper) -> None:
         """Route every graph through `wrapper(name, cell) -> callable` (sharded inference uses this to declare
         input layouts); graphs built before are dropped."""

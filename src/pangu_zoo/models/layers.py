@@ -176,8 +176,24 @@ class Attention(nn.Cell):
         self.cache_add = ops.Add()
 
     def _heads(self, x):
+        """[B, S, n*d] -> [B, n, S, d]."""
         b, s, _ = x.shape
         return self.split_heads(x.reshape(b, s, self.num_heads, self.head_dim), (0, 2, 1, 3))
+
+    def _merge(self, ctx):
+        """[B, n, S, d] -> [B, S, n*d], the inverse of `_heads`."""
+        b, n, s, d = ctx.shape
+        return self.merge_heads(ctx, (0, 2, 1, 3)).reshape(b, s, n * d)
+
+    def _step_heads(self, x):
+        """`_heads` for the cache graphs, whose S is static: with one position ([B, 1, n*d] and [B, n, 1, d] hold
+        the same values in the same order) a reshape, no transpose."""
+        b, s, _ = x.shape
+        return x.reshape(b, self.num_heads, 1, self.head_dim) if s == 1 else self._heads(x)
+
+    def _step_merge(self, ctx):
+        b, n, s, d = ctx.shape
+        return ctx.reshape(b, 1, n * d) if s == 1 else self._merge(ctx)
 
     def _scale(self, x):
         """x * d^-1/4 for a query or key [B, n, S, d]; q·kᵀ of two scaled tensors is q·kᵀ/sqrt(d)."""
@@ -194,10 +210,7 @@ class Attention(nn.Cell):
         return self.context_matmul(_cast(probs, self.compute_dtype), v)
 
     def _attend(self, q, k, v, bias):
-        ctx = self._context(q, k, v, bias)
-        b, n, s, d = ctx.shape
-        ctx = self.merge_heads(ctx, (0, 2, 1, 3)).reshape(b, s, n * d)
-        return self.dropout(self.projection(ctx))
+        return self.dropout(self.projection(self._merge(self._context(q, k, v, bias))))
 
     def construct(self, query_input, kv_input, bias):
         """query_input, kv_input [B, S, h]; bias [B, 1, S, S] fp32 -> (out [B, S, h], k, v [B, n, S, d]).
@@ -207,26 +220,29 @@ class Attention(nn.Cell):
         v = self._heads(self.dense3(kv_input))
         return self._attend(q, k, v, bias), k, v
 
-    def _write(self, cache, new, slot):
-        """cache [B, n, T, d] with new [B, n, 1, d] written where slot [B, 1, T, 1] (bool) is true."""
+    def _write(self, cache, new, where):
+        """cache [B, n, T, d] with new [B, n, S, d] written into the slots `where` names: a 0/1 mask [B, 1, T, 1]
+        (bool; S = 1) or a scatter index [B, n, S, 3] (int32; (row, head, slot) of each new position)."""
         new = _cast(new, cache.dtype)
+        if where.dtype != ms.bool_:
+            # one device only, like the select below: the scatter copies the cache once and sets the new rows, where
+            # the select reads the cache, a broadcast of the new rows and the mask (three times the time on GPT-2
+            # small at batch 8, cache 576), and it writes several positions per row (a prompt chunk)
+            return ops.tensor_scatter_update(cache, where, new)
         if not self.sharded_cache_write:
-            return ops.where(slot, new, cache)
-        slot = _cast(slot, cache.dtype)
+            return ops.where(where, new, cache)
+        slot = _cast(where, cache.dtype)
         return self.cache_add(self.cache_keep_mul(cache, 1 - slot), self.cache_new_mul(new, slot))
 
-    def step(self, query_input, kv_input, bias, slot, k_cache, v_cache):
-        """One new position per row: inputs [B, 1, h]; bias [B, 1, 1, T]; slot [B, 1, T, 1] bool, true at the
-        cache slot this row writes; caches [B, n, T, d]. With one query position no head transposes are needed:
-        [B, 1, n*d] and [B, n, 1, d] hold the same values in the same order."""
-        b = query_input.shape[0]
-        shape = (b, self.num_heads, 1, self.head_dim)
-        q = self._scale(self.dense1(query_input).reshape(shape))
-        k_cache = self._write(k_cache, self._scale(self.dense2(kv_input).reshape(shape)), slot)
-        v_cache = self._write(v_cache, self.dense3(kv_input).reshape(shape), slot)
+    def step(self, query_input, kv_input, bias, where, k_cache, v_cache):
+        """S new positions per row (one when decoding, a prompt chunk when prefilling in chunks): inputs [B, S, h];
+        bias [B, 1, S, T]; `where`: the cache slots they take (see `_write`); caches [B, n, T, d]. Their keys and
+        values are written into the caches, then they attend over the caches."""
+        q = self._scale(self._step_heads(self.dense1(query_input)))
+        k_cache = self._write(k_cache, self._scale(self._step_heads(self.dense2(kv_input))), where)
+        v_cache = self._write(v_cache, self._step_heads(self.dense3(kv_input)), where)
         ctx = self._context(q, _cast(k_cache, self.compute_dtype), _cast(v_cache, self.compute_dtype), bias)
-        out = self.dropout(self.projection(ctx.reshape(b, 1, self.num_heads * self.head_dim)))
-        return out, k_cache, v_cache
+        return self.dropout(self.projection(self._step_merge(ctx))), k_cache, v_cache
 
 
 class Block(nn.Cell):
@@ -267,10 +283,12 @@ class Block(nn.Cell):
         x, aux = self._ffn_residual(self.residual_add(x, _cast(attn, x.dtype)))
         return x, k, v, aux
 
-    def step(self, x, bias, slot, k_cache, v_cache, query=None):
+    def step(self, x, bias, where, k_cache, v_cache, query=None):
+        """x [B, S, h] new positions, written into the caches at `where` (see `Attention.step`) ->
+        (x', k_cache, v_cache)."""
         a = _cast(self.layernorm1(x), self.compute_dtype)
         q_in = a if query is None else query
-        attn, k_cache, v_cache = self.attention.step(q_in, a, bias, slot, k_cache, v_cache)
+        attn, k_cache, v_cache = self.attention.step(q_in, a, bias, where, k_cache, v_cache)
         x, _ = self._ffn_residual(self.residual_add(x, _cast(attn, x.dtype)))
         return x, k_cache, v_cache
 
@@ -300,6 +318,7 @@ class Backbone(nn.Cell):
         self.head = LMHead(ms_dtype(config.compute_dtype))
         self.compute_dtype = ms_dtype(config.compute_dtype)
         self.num_layers = config.num_layers
+        self.num_heads = config.num_heads
         self.moe = config.moe.expert_num > 1
         self.aux_add = ops.Add()
 
@@ -342,23 +361,44 @@ class Backbone(nn.Cell):
             keys, values = keys + (k,), values + (v,)
         return x, keys, values
 
-    def step(self, input_ids, position_ids, bias, slot, keys, values):
-        """One token per row: input_ids, position_ids [B, 1]; bias [B, 1, 1, T]; slot [B, 1, T, 1] bool;
-        keys/values: tuples of [B, n, T, d] -> hidden [B, 1, h]. The residual stream keeps the [B, S, h] layout of
-        `construct` (S = 1), so one shard strategy table serves training, prefill and decode. The top-query
-        layer uses the true position of each row."""
+    def step(self, input_ids, position_ids, bias, where, keys, values, layers=None):
+        """New positions into the cache: input_ids, position_ids [B, S] (S = 1 when decoding, a prompt chunk when
+        prefilling); bias [B, 1, S, T]; `where`: the slots they take, a bool mask [B, 1, T, 1] (S = 1) or a scatter
+        index [B, n, S, 3] (`cache_index`); keys/values: tuples of [B, n, T, d] -> (hidden [B, S, h], keys,
+        values). The residual stream keeps the [B, S, h] layout of `construct`, so one shard strategy table serves
+        training, prefill and decode. The top-query layer uses the true position of each row. `layers`, when
+        given, are cells that run `Block.step` of each block (the cache graphs' reusable layers)."""
         x = self._embed(input_ids, position_ids)
         new_keys, new_values = (), ()
         for i, block in enumerate(self.blocks):
-            x, k, v = block.step(x, bias, slot, keys[i], values[i])
+            if layers is None:
+                x, k, v = block.step(x, bias, where, keys[i], values[i])
+            else:
+                x, k, v = layers[i](x, bias, where, keys[i], values[i])
             new_keys, new_values = new_keys + (k,), new_values + (v,)
         x = self.layernorm(x)
         if self.has_top_query:
             last = self.num_layers - 1
-            x, k, v = self.top_query_layer.step(x, bias, slot, keys[last], values[last],
+            x, k, v = self.top_query_layer.step(x, bias, where, keys[last], values[last],
                                                 self._top_query(position_ids))
             new_keys, new_values = new_keys + (k,), new_values + (v,)
         return x, new_keys, new_values
+
+    def cache_index(self, slots):
+        """slots [B, S] int32 (the cache slot of each new position) -> the scatter index [B, n, S, 3] of the
+        cache writes: (row, head, slot) for every head."""
+        b, s = slots.shape
+        n = self.num_heads
+        rows = ops.broadcast_to(ops.arange(0, b, dtype=ms.int32).reshape(b, 1, 1), (b, n, s))
+        heads = ops.broadcast_to(ops.arange(0, n, dtype=ms.int32).reshape(1, n, 1), (b, n, s))
+        return ops.stack((rows, heads, ops.broadcast_to(slots.reshape(b, 1, s), (b, n, s))), axis=-1)
+
+    @property
+    def sharded_cache_write(self) -> bool:
+        """Whether a parallel plan placed the arithmetic cache write (`Attention.sharded_cache_write`), which
+        writes one position per row from a mask: then the cache graphs decode with the mask and prefill in one
+        pass."""
+        return any(block.attention.sharded_cache_write for block in self.blocks)
 
     def logits(self, hidden):
         """Tied head: hidden [..., h] -> logits [..., vocab] in fp32."""
