@@ -15,8 +15,10 @@ import numpy as np
 from mindspore import nn
 from mindspore.nn.utils import no_init_parameters
 
+from pangu_zoo import __version__
 from pangu_zoo.attention_masks import causal_padding_mask, mask_to_bias
 from pangu_zoo.checkpoint import pretrained
+from pangu_zoo.compile_cache import CachedGraph, cache_root
 from pangu_zoo.config import ModelConfig
 from pangu_zoo.errors import CheckpointError, InputError
 from pangu_zoo.inference import generation
@@ -55,12 +57,24 @@ class CausalLM(nn.Cell):
     # ---- host-side helpers -------------------------------------------------------------------------
 
     def graph(self, name: str) -> nn.Cell:
-        """A compiled wrapper around the backbone (created once, shared parameters)."""
+        """A compiled wrapper around the backbone (created once, shared parameters). With PANGU_COMPILE_CACHE set
+        (and one device), its compiled forms are kept on disk for later processes (`pangu_zoo.compile_cache`)."""
         if name not in self._graphs:
             use_graph_mode()
             cell = GRAPHS[name](self.backbone)
-            self._graphs[name] = self._graph_wrapper(name, cell) if self._graph_wrapper else cell
+            if self._graph_wrapper:
+                cell = self._graph_wrapper(name, cell)
+            elif cache_root() is not None:
+                cell = CachedGraph(cell, self._graph_cache_key(), name, cache_root())
+            self._graphs[name] = cell
         return self._graphs[name]
+
+    def _graph_cache_key(self) -> str:
+        """What the compiled graphs depend on besides their inputs and the source code: the config, the parameters
+        (LoRA adds some), the mode (dropout when training) and the cache write."""
+        params = [(n, tuple(p.shape), str(p.dtype)) for n, p in self.parameters_and_names()]
+        return repr((sorted(self.config.to_dict().items()), params, self.backbone.training,
+                     getattr(self.backbone, "sharded_cache_write", None), __version__))
 
     @property
     def prefills_in_chunks(self) -> bool:
