@@ -29,6 +29,7 @@ from pangu_zoo.data.staging import StagingDir
 from pangu_zoo.errors import ConfigError, DataError, InputError
 from pangu_zoo.tokenizers import canonical_kind, load_tokenizer
 from pangu_zoo.tokenizers.base import Tokenizer
+from pangu_zoo.tokenizers.pangu_tokenizer import SEGMENTERS, PanguTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default="gpt", choices=["gpt", "gpt2", "jieba", "pangu-alpha"],
                         help="gpt/gpt2: GPT-2 BPE; jieba/pangu-alpha: PanGu-alpha (default: %(default)s)")
     parser.add_argument("--model_file", default=None, help="PanGu-alpha vocab.model (or its directory)")
+    parser.add_argument("--segmenter", choices=SEGMENTERS, default="fast",
+                        help="PanGu-alpha word segmentation: fast (jieba's segments through jieba-rs, the same ids) "
+                             "or jieba (plain jieba 0.42.1, the reference) (default: %(default)s)")
     parser.add_argument("--vocab_dir", default=None,
                         help="GPT-2 directory with encoder.json+vocab.bpe or vocab.json+merges.txt")
     parser.add_argument("--eot", type=int, default=None,
@@ -93,6 +97,8 @@ def _load_tokenizer(args: argparse.Namespace) -> Tokenizer:
     if path is None:
         option = "--model_file" if kind == "pangu-alpha" else "--vocab_dir"
         raise ConfigError(f"--tokenizer {args.tokenizer} needs {option}")
+    if kind == "pangu-alpha":
+        return PanguTokenizer(path, segmenter=args.segmenter)
     return load_tokenizer(kind, path)
 
 

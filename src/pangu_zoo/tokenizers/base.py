@@ -59,6 +59,19 @@ class Tokenizer(ABC):
         with EncodePool(self, num_workers) as pool:
             return list(pool.imap(texts, chunk_size=chunk_size))
 
+    def split_for_workers(self, text: str, part_chars: int) -> list[str]:
+        """Parts of a long `text` that worker processes may `prepare` apart, `combine` of their results being
+        `encode(text)`. One part unless the tokenizer knows where its work can be cut."""
+        return [text]
+
+    def prepare(self, part: str):
+        """A worker's share of encoding one part of `split_for_workers` (the part itself by default)."""
+        return part
+
+    def combine(self, prepared: Sequence) -> list[int]:
+        """Token ids of the text whose parts' `prepare` results are `prepared`, in order."""
+        return self.encode("".join(prepared))
+
     def warm_up(self) -> None:
         """Load whatever is loaded lazily (called once in each worker process)."""
         self.encode("warm up")
