@@ -101,3 +101,39 @@ def test_greedy_tokens_equal_transformers_through_chunks(monkeypatch, tmp_path):
         expected.append(out[0].tolist())
     assert ours.generate(prompts, max_new_tokens=12) == expected
     assert [ours.generate([p], max_new_tokens=12)[0] for p in prompts] == expected
+
+
+def test_decoding_writes_the_cache_in_place(model):
+    decoder = IncrementalDecoder(model, chunked=True)
+    _, state = decoder.prefill([np.array(p) for p in PROMPTS[:2]], cache_len=64)
+    arrays = state.arrays
+    before = [a.copy() for a in arrays]
+    _, after = decoder.step(np.array([5, 6]), state)
+    assert after.arrays is arrays and all(a is b for a, b in zip(after.arrays, arrays, strict=True))
+    for old, new, tensor in zip(before, arrays, after.cache, strict=True):
+        changed = np.argwhere(np.any(old != new, axis=(1, 3)))  # (row, slot) pairs the step wrote
+        assert sorted(map(tuple, changed)) == [(0, len(PROMPTS[0])), (1, len(PROMPTS[1]))]
+        np.testing.assert_array_equal(tensor.asnumpy(), new)  # the tensors the graphs read are the arrays
+
+
+def test_state_rows_concat_and_padding_agree_for_arrays_and_tensors():
+    import mindspore as ms
+
+    from pangu_zoo.inference.generation import DecodeState
+
+    rng = np.random.default_rng(0)
+    arrays = tuple(rng.standard_normal((3, 2, 8, 4)).astype(np.float32) for _ in range(4))
+    lengths, visible = np.array([3, 5, 1]), rng.random((3, 8)) > 0.5
+    in_place = DecodeState.over(arrays, lengths, visible)
+    tensors = DecodeState(tuple(ms.Tensor(a) for a in arrays), lengths, visible)
+    results = []
+    for state in (in_place, tensors):
+        joined = DecodeState.concat([state.rows([2, 0]), state.rows([1])]).padded(2)
+        results.append(joined)
+        assert (joined.arrays is not None) == (state is in_place)
+    for a, b in zip(results[0].cache, results[1].cache, strict=True):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+    expected = np.concatenate([arrays[0][[2, 0, 1]], np.zeros((2, 2, 8, 4), np.float32)])
+    np.testing.assert_array_equal(results[0].cache[0].asnumpy(), expected)
+    np.testing.assert_array_equal(results[0].lengths, [1, 3, 5, 0, 0])
+    assert not results[0].visible[3:].any()

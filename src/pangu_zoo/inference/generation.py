@@ -33,16 +33,63 @@ CHUNK_POSITIONS = 128
 
 @dataclass
 class DecodeState:
-    """Explicit decoding state: the cache (keys of every layer, then values; each [B, n, T, d]), how many
-    positions of each row it holds, and which of its slots [B, T] later tokens may attend to."""
+    """Explicit decoding state: the cache (keys of every layer, then values; each [B, n, T, d] tensors), how many
+    positions of each row it holds, and which of its slots [B, T] later tokens may attend to.
+
+    With `arrays` (models that prefill in chunks) the cache tensors are views of those NumPy arrays: the graphs
+    read them in place, each step writes its new keys/values into them and the state it is given is consumed.
+    Without (exported models, sharded plans), each step returns new cache tensors."""
 
     cache: tuple
     lengths: np.ndarray
     visible: np.ndarray
+    arrays: tuple | None = None
+
+    @classmethod
+    def over(cls, arrays: tuple, lengths: np.ndarray, visible: np.ndarray) -> DecodeState:
+        """A state whose cache is `arrays`, read in place."""
+        return cls(tuple(ms.Tensor.from_numpy(array) for array in arrays), lengths, visible, arrays)
 
     @property
     def cache_len(self) -> int:
         return int(self.cache[0].shape[2])
+
+    def rows(self, index) -> DecodeState:
+        """The state of the given rows, with a cache of their own."""
+        index = np.asarray(index, dtype=np.int64)
+        if self.arrays is not None:
+            return DecodeState.over(tuple(array[index] for array in self.arrays), self.lengths[index],
+                                    self.visible[index])
+        picked = ms.Tensor(index.astype(np.int32))
+        return DecodeState(tuple(ms.ops.gather(tensor, picked, 0) for tensor in self.cache), self.lengths[index],
+                           self.visible[index])
+
+    def padded(self, rows: int) -> DecodeState:
+        """This state with `rows` empty rows (length 0, nothing visible) after its own."""
+        if rows == 0:
+            return self
+        first = self.cache[0]
+        shape = (rows,) + tuple(first.shape[1:])
+        lengths, visible = np.zeros(rows, self.lengths.dtype), np.zeros((rows, self.visible.shape[1]), dtype=bool)
+        if self.arrays is not None:
+            empty = DecodeState.over((np.zeros(shape, self.arrays[0].dtype),) * len(self.cache), lengths, visible)
+        else:
+            zeros = ms.Tensor(np.zeros(shape, dtype=np.float32)).astype(first.dtype)
+            empty = DecodeState((zeros,) * len(self.cache), lengths, visible)
+        return DecodeState.concat([self, empty])
+
+    @staticmethod
+    def concat(states: list[DecodeState]) -> DecodeState:
+        """The rows of `states` (same cache length and kind) one after the other."""
+        if len(states) == 1:
+            return states[0]
+        lengths = np.concatenate([s.lengths for s in states])
+        visible = np.concatenate([s.visible for s in states])
+        if states[0].arrays is not None:
+            layers = zip(*(state.arrays for state in states), strict=True)
+            return DecodeState.over(tuple(np.concatenate(layer, axis=0) for layer in layers), lengths, visible)
+        layers = zip(*(state.cache for state in states), strict=True)
+        return DecodeState(tuple(ms.ops.concat(layer, axis=0) for layer in layers), lengths, visible)
 
 
 def _rows(values) -> list[np.ndarray]:
@@ -136,9 +183,8 @@ class IncrementalDecoder:
             ids[row, :len(prompt)] = prompt
         visible = (np.arange(bucket)[None, :] < lengths[:, None]) & _visible(ids, self.hidden_id)
         if self.chunked:
-            logits, cache = self._prefill_chunks(ids, visible, lengths, cache_len)
-            visible = np.pad(visible, ((0, 0), (0, cache_len - bucket)))
-            return logits, DecodeState(cache, lengths, visible)
+            logits, arrays = self._prefill_chunks(ids, visible, lengths, cache_len)
+            return logits, DecodeState.over(arrays, lengths, np.pad(visible, ((0, 0), (0, cache_len - bucket))))
         positions = np.broadcast_to(np.arange(bucket, dtype=np.int32), ids.shape)
         outputs = self.model.graph("prefill")(
             ms.Tensor(ids), ms.Tensor(np.ascontiguousarray(positions)),
@@ -156,9 +202,9 @@ class IncrementalDecoder:
     def _prefill_chunks(self, ids: np.ndarray, visible: np.ndarray, lengths: np.ndarray,
                         cache_len: int) -> tuple[np.ndarray, tuple]:
         """The padded prompts `ids` [B, P] through the "extend" graph chunk by chunk, against a cache of `cache_len`
-        positions held in NumPy arrays that the graph reads in place (no copy): each chunk attends over the cache
-        (earlier chunks, and itself once written), with the mask the one-pass prefill uses, and its keys/values are
-        written into the arrays. Returns each row's next-token logits and the cache as tensors over the arrays."""
+        positions in NumPy arrays: each chunk attends over the cache (earlier chunks, and itself once written), with
+        the mask the one-pass prefill uses, and its keys/values are written into the arrays. Returns each row's
+        next-token logits and the arrays."""
         config = self.config
         batch, padded = ids.shape
         length = chunk_length(batch, padded, cache_len)
@@ -166,13 +212,9 @@ class IncrementalDecoder:
         ids = np.pad(ids, ((0, 0), (0, count * length - padded)), constant_values=config.pad_token_id)
         seen = np.pad(visible, ((0, 0), (0, cache_len - padded)))[:, None, :]  # [B, 1, T]
         slots = np.arange(cache_len)[None, :]
-        dtype = getattr(ms, config.compute_dtype)
         shape = (batch, config.num_heads, cache_len, config.head_dim)
-        # NumPy has no bf16: such a cache stays a MindSpore tensor, written by concatenating the chunks
-        arrays = [np.zeros(shape, np.dtype(config.compute_dtype)) for _ in range(2 * config.num_layers)] \
-            if dtype != ms.bfloat16 else None
-        cache = tuple(ms.Tensor.from_numpy(a) for a in arrays) if arrays else \
-            (ms.ops.zeros(shape, dtype),) * (2 * config.num_layers)
+        arrays = tuple(np.zeros(shape, np.dtype(config.compute_dtype)) for _ in range(2 * config.num_layers))
+        tensors = tuple(ms.Tensor.from_numpy(array) for array in arrays)  # views: the graph reads what they hold
         last = np.zeros((batch, config.hidden_size), dtype=np.float32)
         extend = self.model.graph("extend")
         for start in range(0, count * length, length):
@@ -182,36 +224,40 @@ class IncrementalDecoder:
             positions = np.minimum(query, config.max_position_embeddings - 1).astype(np.int32)
             outputs = extend(
                 ms.Tensor(ids[:, start:start + length]), ms.Tensor(np.broadcast_to(positions, (batch, length))),
-                ms.Tensor(mask_to_bias(mask)), ms.Tensor(query.astype(np.int32)),
-                ms.Tensor(np.clip(lengths - 1 - start, 0, length - 1).astype(np.int32)), *cache,
+                ms.Tensor(mask_to_bias(mask)), ms.Tensor(np.broadcast_to(query.astype(np.int32), (batch, length))),
+                ms.Tensor(np.clip(lengths - 1 - start, 0, length - 1).astype(np.int32)), *tensors,
             )
-            if arrays:
-                for array, new in zip(arrays, outputs[1:], strict=True):
-                    array[:, :, start:start + length] = new.asnumpy()
-            else:
-                cache = tuple(ms.ops.concat((c[:, :, :start], new, c[:, :, start + length:]), axis=2)
-                              for c, new in zip(cache, outputs[1:], strict=True))
+            for array, new in zip(arrays, outputs[1:], strict=True):
+                array[:, :, start:start + length] = new.asnumpy()
             ends_here = (lengths - 1 >= start) & (lengths - 1 < start + length)
             if ends_here.any():
                 last[ends_here] = outputs[0].asnumpy()[ends_here]
         logits = self.model.graph("head")(ms.Tensor(last))
-        return logits.asnumpy(), cache
+        return logits.asnumpy(), arrays
 
     def step(self, tokens: np.ndarray, state: DecodeState) -> tuple[np.ndarray, DecodeState]:
-        """Feed one token per row [B]; return next-token logits [B, V] and the new state."""
+        """Feed one token per row [B]; return next-token logits [B, V] and the new state (an in-place cache is
+        updated, and `state` is consumed)."""
         lengths = state.lengths
         if int(lengths.max()) >= state.cache_len:
             raise InputError(f"the KV cache is full ({state.cache_len} positions)")
         tokens = np.asarray(tokens, dtype=np.int32).reshape(-1)
         self.model.check_input_ids(tokens)
-        outputs = self.model.graph("decode")(
-            ms.Tensor(tokens), ms.Tensor(lengths.astype(np.int32)),
-            ms.Tensor(decode_bias(lengths, state.cache_len, state.visible)),
-            ms.Tensor(slot_onehot(lengths, state.cache_len)), *state.cache,
-        )
+        positions = lengths.astype(np.int32)
+        bias = ms.Tensor(decode_bias(lengths, state.cache_len, state.visible))
         visible = state.visible.copy()
         visible[np.arange(len(tokens)), lengths] = _visible(tokens, self.hidden_id)
-        return outputs[0].asnumpy(), DecodeState(tuple(outputs[1:]), lengths + 1, visible)
+        if state.arrays is None:
+            outputs = self.model.graph("decode")(ms.Tensor(tokens), ms.Tensor(positions), bias,
+                                                 ms.Tensor(slot_onehot(lengths, state.cache_len)), *state.cache)
+            return outputs[0].asnumpy(), DecodeState(tuple(outputs[1:]), lengths + 1, visible)
+        # the cache stays where it is: the step graph reads it and returns only the new keys/values
+        outputs = self.model.graph("step")(ms.Tensor(tokens), ms.Tensor(positions), bias, ms.Tensor(positions),
+                                           *state.cache)
+        rows = np.arange(len(tokens))
+        for array, new in zip(state.arrays, outputs[1:], strict=True):
+            array[rows, :, lengths, :] = new.asnumpy()[:, :, 0, :]
+        return outputs[0].asnumpy(), DecodeState(state.cache, lengths + 1, visible, state.arrays)
 
 
 def _stop_ids(eos_token_id) -> frozenset[int]:

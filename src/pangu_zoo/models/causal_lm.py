@@ -78,10 +78,11 @@ class CausalLM(nn.Cell):
 
     @property
     def prefills_in_chunks(self) -> bool:
-        """Whether prompts can go through the "extend" graph chunk by chunk (see `pangu_zoo.models.graphs`): on one
-        device, with a backbone whose `step` takes several positions and a scatter index."""
+        """Whether prompts can go through the "extend" graph chunk by chunk and decoding can keep the cache in place
+        ("step"; see `pangu_zoo.models.graphs`): on one device, with a backbone whose `step` takes several positions
+        and a scatter index, and a cache NumPy can hold (not bf16)."""
         return self._graph_wrapper is None and hasattr(self.backbone, "cache_index") and \
-            not self.backbone.sharded_cache_write
+            not self.backbone.sharded_cache_write and self.config.compute_dtype != "bfloat16"
 
     def set_graph_wrapper(self, wrapper) -> None:
         """Route every graph through `wrapper(name, cell) -> callable` (sharded inference uses this to declare

@@ -72,14 +72,14 @@ def _reused_layers(backbone):
 
 
 class ExtendGraph(nn.Cell):
-    """A chunk of S prompt positions, at the same slots in every row, against the cache: (input_ids, position_ids
-    [B, S], bias [B, 1, S, T], slots [S] int32 (the cache slot of each position), last_index [B], k_0..k_{L-1},
-    v_0..v_{L-1} [B, n, T, d]) -> (hidden state at last_index [B, h], the chunk's k_0.., v_0.. [B, n, S, d]).
+    """A chunk of new positions against the cache: (input_ids, position_ids [B, S], bias [B, 1, S, T], slots [B, S]
+    int32 (the cache slot of each position), last_index [B], k_0..k_{L-1}, v_0..v_{L-1} [B, n, T, d]) -> (hidden
+    state at last_index [B, h], the new positions' k_0.., v_0.. [B, n, S, d]).
 
-    The chunk's keys and values are written into (a copy of) the cache before it attends, as in decoding, but only
-    they leave the graph: the caller writes them into its cache in place. A graph keeps the memory of its last
-    outputs, so returning whole caches would hold a second cache after the prefill. The head runs once, after the
-    last chunk (`HeadGraph`)."""
+    The new keys and values are written into (a copy of) the cache before the positions attend, as a decode step
+    does, but only they leave the graph: the caller writes them into its cache, which stays in place. (A graph
+    keeps the memory of its last inputs and outputs, so one that returned whole caches would hold two more of
+    them.) A prompt runs a chunk at a time, and the head once after the last chunk (`HeadGraph`)."""
 
     def __init__(self, backbone) -> None:
         super().__init__(auto_prefix=False)
@@ -89,12 +89,31 @@ class ExtendGraph(nn.Cell):
 
     def construct(self, input_ids, position_ids, bias, slots, last_index, *cache):
         batch = input_ids.shape[0]
-        where = self.backbone.cache_index(ops.broadcast_to(slots.reshape(1, -1), (batch, slots.shape[0])))
+        where = self.backbone.cache_index(slots)
         hidden, keys, values = self.backbone.step(input_ids, position_ids, bias, where, cache[:self.num_layers],
                                                   cache[self.num_layers:], self.layers)
-        rows = ops.arange(0, batch, dtype=ms.int32)
-        new = tuple(ops.gather(c, slots, 2) for c in keys + values)
-        return (ops.gather_nd(hidden, ops.stack((rows, last_index), axis=1)),) + new
+        last = ops.gather_nd(hidden, ops.stack((ops.arange(0, batch, dtype=ms.int32), last_index), axis=1))
+        return (last,) + tuple(ops.gather_nd(c, where) for c in keys + values)
+
+
+class StepGraph(nn.Cell):
+    """One token per row against the cache, kept in place as in `ExtendGraph`: (input_ids, position_ids [B], bias
+    [B, 1, 1, T], slots [B] int32, k_0.., v_0.. [B, n, T, d]) -> (logits [B, V], the new k_0.., v_0.. [B, n, 1, d]).
+    """
+
+    def __init__(self, backbone) -> None:
+        super().__init__(auto_prefix=False)
+        self.backbone = backbone
+        self.num_layers = backbone.num_layers
+        self.layers = _reused_layers(backbone)
+
+    def construct(self, input_ids, position_ids, bias, slots, *cache):
+        batch = input_ids.shape[0]
+        where = self.backbone.cache_index(slots.reshape(batch, 1))
+        hidden, keys, values = self.backbone.step(input_ids.reshape(batch, 1), position_ids.reshape(batch, 1), bias,
+                                                  where, cache[:self.num_layers], cache[self.num_layers:], self.layers)
+        logits = self.backbone.logits(hidden).reshape(batch, -1)
+        return (logits,) + tuple(ops.gather_nd(c, where) for c in keys + values)
 
 
 class HeadGraph(nn.Cell):
@@ -136,4 +155,4 @@ class DecodeGraph(nn.Cell):
 
 
 GRAPHS = {"forward": ForwardGraph, "prefill": PrefillGraph, "extend": ExtendGraph, "head": HeadGraph,
-          "decode": DecodeGraph}
+          "step": StepGraph, "decode": DecodeGraph}

@@ -28,7 +28,6 @@ from concurrent.futures import Future
 from dataclasses import astuple, dataclass, field
 
 import numpy as np
-from mindspore import Tensor, ops
 
 from pangu_zoo.errors import InputError
 from pangu_zoo.inference.generation import DecodeState, IncrementalDecoder
@@ -217,10 +216,7 @@ class Engine:
         logits, state = self.decoder.prefill([np.array([0, 1])] * self.slots, cache_len=self.max_context)
         tokens = np.argmax(logits, axis=-1)
         for batch in self.decode_batches:
-            index = Tensor(np.arange(batch, dtype=np.int32))
-            rows = DecodeState(tuple(ops.gather(t, index, 0) for t in state.cache), state.lengths[:batch],
-                               state.visible[:batch])
-            self.decoder.step(tokens[:batch], rows)
+            self.decoder.step(tokens[:batch], state.rows(range(batch)))
         log.info("graphs compiled in %.1f s (decode for batches of %s)", time.perf_counter() - started,
                  ", ".join(map(str, self.decode_batches)))
 
@@ -284,25 +280,9 @@ class Engine:
         if rows == 0:
             self._state = None
             return
-        caches, lengths, visible = [], [], []
-        for state, index in parts:
-            whole = len(index) == state.lengths.shape[0] and index == list(range(len(index)))
-            picked = Tensor(np.array(index, dtype=np.int32))
-            caches.append(state.cache if whole else tuple(ops.gather(t, picked, 0) for t in state.cache))
-            lengths.append(state.lengths[index])
-            visible.append(state.visible[index])
-        padding = self._batch_size(rows) - rows
-        if padding:
-            first = caches[0][0]
-            zeros = Tensor(np.zeros((padding,) + tuple(first.shape[1:]), dtype=np.float32)).astype(first.dtype)
-            caches.append((zeros,) * len(caches[0]))
-            lengths.append(np.zeros(padding, dtype=lengths[0].dtype))
-            visible.append(np.zeros((padding, visible[0].shape[1]), dtype=bool))
-        if len(caches) == 1:
-            cache = caches[0]
-        else:
-            cache = tuple(ops.concat(layer, axis=0) for layer in zip(*caches, strict=True))
-        self._state = DecodeState(cache, np.concatenate(lengths), np.concatenate(visible))
+        pieces = [state if len(index) == state.lengths.shape[0] and index == list(range(len(index)))
+                  else state.rows(index) for state, index in parts]
+        self._state = DecodeState.concat(pieces).padded(self._batch_size(rows) - rows)
 
     def _join(self, state: DecodeState) -> None:
         running = list(range(len(self._rows)))
