@@ -34,3 +34,14 @@ def gpt2_tokenizer():
 def files_in(directory: Path) -> list[str]:
     """Every name in `directory`, hidden ones included (to prove nothing was left behind)."""
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def preprocess_cmrc(out: Path, seq_length: int) -> Path:
+    """The CMRC paragraphs preprocessed with the released PanGu-alpha tokenizer into `out/cmrc` samples of
+    `seq_length` ids; returns `out`."""
+    from pangu_zoo.cli import main
+
+    assert main(["preprocess", "--input_glob", str(shared_file("zh_corpus", "cmrc2018_contexts_zh.txt")),
+                 "--tokenizer", "jieba", "--model_file", str(shared_file("pangu_tokenizer", "vocab.model")),
+                 "--output_file", str(out / "cmrc"), "--seq_length", str(seq_length), "--no_progress"]) == 0
+    return out

@@ -9,6 +9,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 from conftest import randomize_weights, shared_data
+from data_fixtures import preprocess_cmrc
 
 from pangu_zoo.cli import main
 from pangu_zoo.config import MoEConfig
@@ -20,12 +21,7 @@ MOE = MoEConfig(expert_num=4, num_experts_chosen=2, capacity_factor=1.1, aux_los
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    source = shared_data("zh_corpus/cmrc2018_contexts_zh.txt")
-    out = tmp_path_factory.mktemp("data")
-    assert main(["preprocess", "--input_glob", str(source), "--tokenizer", "jieba", "--model_file",
-                 str(shared_data("pangu_tokenizer/vocab.model")), "--output_file", str(out / "cmrc"),
-                 "--seq_length", "33", "--no_progress"]) == 0
-    return out
+    return preprocess_cmrc(tmp_path_factory.mktemp("data"), 33)
 
 
 def _model(moe=MOE):

@@ -8,7 +8,7 @@ import math
 import mindspore as ms
 import numpy as np
 import pytest
-from conftest import shared_data
+from data_fixtures import preprocess_cmrc
 
 from pangu_zoo.errors import CheckpointError, ConfigError
 from pangu_zoo.models import build_model
@@ -43,14 +43,7 @@ def test_weight_decay_skips_layernorm_and_biases(tiny_pangu):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """The CMRC paragraphs preprocessed into 65-token samples."""
-    from pangu_zoo.cli import main
-
-    source = shared_data("zh_corpus/cmrc2018_contexts_zh.txt")
-    out = tmp_path_factory.mktemp("data")
-    assert main(["preprocess", "--input_glob", str(source), "--tokenizer", "jieba", "--model_file",
-                 str(shared_data("pangu_tokenizer/vocab.model")), "--output_file", str(out / "cmrc"),
-                 "--seq_length", "65", "--no_progress"]) == 0
-    return out
+    return preprocess_cmrc(tmp_path_factory.mktemp("data"), 65)
 
 
 def _model():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -13,6 +14,17 @@ import numpy as np
 from pangu_zoo.errors import CheckpointError
 
 WEIGHT_FORMATS = ("safetensors", "ckpt")
+
+
+def read_json_object(path: Path) -> dict:
+    """The JSON object a config file holds (`CheckpointError` when it is not valid JSON or not an object)."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
+    return values
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pangu_zoo.checkpoint.io import atomic_path
+from pangu_zoo.checkpoint.io import atomic_path, read_json_object
 from pangu_zoo.checkpoint.safetensors_stream import SafetensorsFile
 from pangu_zoo.errors import CheckpointError, ConfigError
 from pangu_zoo.lora_config import TARGET_LINEARS, LoraConfig
@@ -216,11 +216,6 @@ def read_peft(directory: str | os.PathLike) -> tuple[LoraConfig, dict[str, Any],
         raise CheckpointError(f"{directory} has no {CONFIG_NAME}; is it a Hugging Face peft adapter folder?")
     if not weights_file.is_file():
         raise CheckpointError(f"{directory} has no {WEIGHTS_NAME} (adapters saved as .bin are not read)")
-    try:
-        values = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{config_file} is not valid JSON: {error}") from error
-    if not isinstance(values, dict):
-        raise CheckpointError(f"{config_file} does not hold a JSON object")
+    values = read_json_object(config_file)
     source = SafetensorsFile(weights_file)
     return from_peft(values, {name: source.read(name) for name in source.specs}, str(directory))

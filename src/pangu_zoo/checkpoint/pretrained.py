@@ -13,7 +13,6 @@ This module reads and writes the files only: `read_pretrained` returns the confi
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pangu_zoo.checkpoint import hf_gpt2, hf_openpangu
-from pangu_zoo.checkpoint.io import atomic_path, load_weights, save_weights
+from pangu_zoo.checkpoint.io import atomic_path, load_weights, read_json_object, save_weights
 from pangu_zoo.checkpoint.released import is_released_layout
 from pangu_zoo.config import ModelConfig
 from pangu_zoo.errors import CheckpointError, ConfigError
@@ -45,13 +44,7 @@ def read_config(directory: Path) -> dict[str, Any]:
                 "with pangu_zoo.checkpoint.loader.load_released_checkpoint(directory, preset_name)"
             )
         raise CheckpointError(f"{directory} has no {CONFIG_NAME}; is it a saved model directory?")
-    try:
-        values = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{config_file} is not valid JSON: {error}") from error
-    if not isinstance(values, dict):
-        raise CheckpointError(f"{config_file} does not hold a JSON object")
-    return values
+    return read_json_object(config_file)
 
 
 def _find(directory: Path, names: tuple[str, ...]) -> Path:
