@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import decode_ms_per_token
 
 SIDES = ("ours", "transformers")
 
@@ -49,20 +49,7 @@ def child(side: str, model_dir: str, dtype: str, batch: int, prompt: int, new_to
         def generate(n):
             return model.generate(ids, max_new_tokens=n)
 
-    def seconds(n):
-        started = time.perf_counter()
-        generate(n)
-        return time.perf_counter() - started
-
-    tokens = generate(new_tokens + 1)  # warm-up: compiles every graph of these shapes
-    generate(1)
-    long, short = [], []
-    for _ in range(repeats):
-        long.append(seconds(new_tokens + 1))
-        short.append(seconds(1))
-    per_token = (statistics.median(long) - statistics.median(short)) / new_tokens
-    return {"ms_per_token": 1000 * per_token, "tokens_per_s": batch / per_token, "prefill_s": statistics.median(short),
-            "tokens": tokens}
+    return decode_ms_per_token(generate, new_tokens, repeats, batch)
 
 
 def run_child(side, model_dir, dtype, batch, args) -> dict:

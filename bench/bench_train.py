@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
-from common import elapsed, median_time, write_json
+from common import elapsed, median_time, ours_train_step, torch_train_step, write_json
 
 
 def gemm_peak_gflops(size: int = 2048, repeats: int = 5) -> dict[str, float]:
@@ -49,16 +48,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json")
     args = parser.parse_args(argv)
 
-    import mindspore as ms
     import torch
     import transformers
 
     from pangu_zoo.config import get_preset
-    from pangu_zoo.models import build_model
-    from pangu_zoo.models.loss import LanguageModelWithLoss
-    from pangu_zoo.runtime import use_graph_mode
-    from pangu_zoo.training.optimizer import build_optimizer
-    from pangu_zoo.training.step import TrainOneStep, dynamic_loss_scale
     from pangu_zoo.training.trainer import flops_per_token
 
     results = gemm_peak_gflops()
@@ -66,34 +59,13 @@ def main(argv=None) -> int:
     ids = np.random.default_rng(0).integers(0, 50257, size=(b, s + 1)).astype(np.int32)
     tokens = b * s
 
-    use_graph_mode()
-    ms.set_seed(0)
     config = get_preset("gpt2", dropout_rate=0.0, max_position_embeddings=1024)
-    model = build_model(config)
-    cell = TrainOneStep(LanguageModelWithLoss(model), build_optimizer(model.trainable_params(), "adam", 1e-4),
-                        dynamic_loss_scale())
-    cell.set_train(True)
-    inputs = (ms.Tensor(ids), ms.Tensor(np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy()),
-              ms.Tensor(np.broadcast_to(np.tril(np.ones((s, s), np.int8)), (b, s, s)).copy()),
-              ms.Tensor((ids[:, :-1] != config.pad_token_id).astype(np.float32)))
-    start = time.perf_counter()
-    cell(*inputs)[0].asnumpy()
-    results["ours_compile_s"] = time.perf_counter() - start
-    ours = median_time(lambda: cell(*inputs)[0].asnumpy(), args.steps)
+    ours_step, results["ours_compile_s"] = ours_train_step(config, ids)
+    ours = median_time(ours_step, args.steps)
 
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
-    hf.train()
-    optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    batch = torch.from_numpy(ids.astype(np.int64))
-
-    def torch_step():
-        loss = hf(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    torch_step = torch_train_step(hf, ids)
     torch_step()
     theirs = median_time(torch_step, args.steps)
 
