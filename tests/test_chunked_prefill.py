@@ -137,3 +137,31 @@ def test_state_rows_concat_and_padding_agree_for_arrays_and_tensors():
     np.testing.assert_array_equal(results[0].cache[0].asnumpy(), expected)
     np.testing.assert_array_equal(results[0].lengths, [1, 3, 5, 0, 0])
     assert not results[0].visible[3:].any()
+
+
+def test_single_row_head_runs_on_the_host_and_equals_the_compiled_head(model):
+    """One fp32 row: the step graph stops at the final hidden state and NumPy applies the tied head; its logits
+    equal the compiled head's and the full recomputation's, and the decode steps equal recomputation."""
+    assert model.head_on_host(1) and not model.head_on_host(2)
+    hidden = np.random.default_rng(3).standard_normal((1, model.config.hidden_size)).astype(np.float32)
+    compiled = model.graph("head")(generation.ms.Tensor(hidden)).asnumpy()
+    table = np.asarray(model.state_dict()["backbone.word_embedding.embedding_table"], np.float64)
+    np.testing.assert_allclose(model.head_logits(hidden), hidden.astype(np.float64) @ table.T, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(model.head_logits(hidden), compiled, rtol=0, atol=1e-5)
+
+    decoder = IncrementalDecoder(model)
+    sequence = list(PROMPTS[0])
+    logits, state = decoder.prefill([np.array(sequence)], cache_len=64)
+    for _ in range(4):
+        np.testing.assert_allclose(logits[0], model.forward_logits(np.array([sequence]))[0, -1], rtol=0, atol=1e-4)
+        sequence.append(int(logits[0].argmax()))
+        logits, state = decoder.step(np.array(sequence[-1:]), state)
+    assert "step_hidden" in model._graphs and "step" not in model._graphs
+
+
+def test_half_precision_keeps_the_compiled_head(tiny_gpt2):
+    """fp16 rounds the head's product as the model's graphs do, so it is not moved to NumPy's fp32."""
+    from pangu_zoo.models import build_model
+
+    half = build_model(tiny_gpt2.config.replace(compute_dtype="float16"))
+    assert not half.head_on_host(1)

@@ -232,8 +232,7 @@ class IncrementalDecoder:
             ends_here = (lengths - 1 >= start) & (lengths - 1 < start + length)
             if ends_here.any():
                 last[ends_here] = outputs[0].asnumpy()[ends_here]
-        logits = self.model.graph("head")(ms.Tensor(last))
-        return logits.asnumpy(), arrays
+        return self.model.head_logits(last), arrays
 
     def step(self, tokens: np.ndarray, state: DecodeState) -> tuple[np.ndarray, DecodeState]:
         """Feed one token per row [B]; return next-token logits [B, V] and the new state (an in-place cache is
@@ -252,12 +251,14 @@ class IncrementalDecoder:
                                                  ms.Tensor(slot_onehot(lengths, state.cache_len)), *state.cache)
             return outputs[0].asnumpy(), DecodeState(tuple(outputs[1:]), lengths + 1, visible)
         # the cache stays where it is: the step graph reads it and returns only the new keys/values
-        outputs = self.model.graph("step")(ms.Tensor(tokens), ms.Tensor(positions), bias, ms.Tensor(positions),
-                                           *state.cache)
+        on_host = self.model.head_on_host(len(tokens))
+        outputs = self.model.graph("step_hidden" if on_host else "step")(
+            ms.Tensor(tokens), ms.Tensor(positions), bias, ms.Tensor(positions), *state.cache)
         rows = np.arange(len(tokens))
         for array, new in zip(state.arrays, outputs[1:], strict=True):
             array[rows, :, lengths, :] = new.asnumpy()[:, :, 0, :]
-        return outputs[0].asnumpy(), DecodeState(state.cache, lengths + 1, visible, state.arrays)
+        logits = self.model.head_logits(outputs[0].asnumpy()) if on_host else outputs[0].asnumpy()
+        return logits, DecodeState(state.cache, lengths + 1, visible, state.arrays)
 
 
 def _stop_ids(eos_token_id) -> frozenset[int]:
