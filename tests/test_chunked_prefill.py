@@ -33,6 +33,7 @@ def test_chunk_length():
 def test_chunked_prefill_equals_the_one_pass_prefill(model, monkeypatch, positions):
     """Every chunking gives the one-pass prefill's next-token logits and cache, and the same decode steps after."""
     monkeypatch.setattr(generation, "CHUNK_POSITIONS", positions)
+    monkeypatch.setattr(generation, "STEP_PREFILL_POSITIONS", 0)
     prompts = [np.array(p) for p in PROMPTS]
     results = []
     for chunked in (True, False):
@@ -108,7 +109,7 @@ def test_decoding_writes_the_cache_in_place(model):
     _, state = decoder.prefill([np.array(p) for p in PROMPTS[:2]], cache_len=64)
     arrays = state.arrays
     before = [a.copy() for a in arrays]
-    _, after = decoder.step(np.array([5, 6]), state)
+    _, after = decoder.step(np.array([5, 7]), state)  # not the pad id, whose key the prefill wrote there
     assert after.arrays is arrays and all(a is b for a, b in zip(after.arrays, arrays, strict=True))
     for old, new, tensor in zip(before, arrays, after.cache, strict=True):
         changed = np.argwhere(np.any(old != new, axis=(1, 3)))  # (row, slot) pairs the step wrote
@@ -143,6 +144,7 @@ def test_single_row_head_runs_on_the_host_and_equals_the_compiled_head(model):
     """One fp32 row: the step graph stops at the final hidden state and NumPy applies the tied head; its logits
     equal the compiled head's and the full recomputation's, and the decode steps equal recomputation."""
     assert model.head_on_host(1) and not model.head_on_host(2)
+    model._graphs.clear()
     hidden = np.random.default_rng(3).standard_normal((1, model.config.hidden_size)).astype(np.float32)
     compiled = model.graph("head")(generation.ms.Tensor(hidden)).asnumpy()
     table = np.asarray(model.state_dict()["backbone.word_embedding.embedding_table"], np.float64)
@@ -165,3 +167,20 @@ def test_half_precision_keeps_the_compiled_head(tiny_gpt2):
 
     half = build_model(tiny_gpt2.config.replace(compute_dtype="float16"))
     assert not half.head_on_host(1)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_first_short_prompt_goes_in_by_steps_then_by_chunks(model, rows):
+    """A short prompt shape's first prefill runs position by position through the decode-step graph (no "extend"
+    compiled), its second through "extend"; both equal the one-pass prefill, logits and cache."""
+    prompts = [np.array(p) for p in PROMPTS[:rows]]
+    model.prefilled_shapes.clear()
+    model._graphs.clear()
+    expected_logits, expected = IncrementalDecoder(model, chunked=False).prefill(prompts, cache_len=128)
+    for graph in ("step_hidden" if rows == 1 else "step", "extend"):
+        logits, state = IncrementalDecoder(model).prefill(prompts, cache_len=128)
+        assert graph in model._graphs and (graph == "extend") == ("extend" in model._graphs)
+        np.testing.assert_allclose(logits, expected_logits, rtol=0, atol=1e-4)
+        for a, b in zip(state.cache, expected.cache, strict=True):
+            for row, n in enumerate(len(p) for p in prompts):
+                np.testing.assert_allclose(a.asnumpy()[row, :, :n], b.asnumpy()[row, :, :n], rtol=0, atol=1e-5)

@@ -94,7 +94,7 @@ def test_sharded_cache_write_equals_the_select(tiny_pangu):
         for block in [*model.backbone.blocks, model.backbone.top_query_layer]:
             block.attention.sharded_cache_write = sharded
         model.set_graph_wrapper(None)  # rebuild the graphs with the flag
-        decoder = IncrementalDecoder(model)
+        decoder = IncrementalDecoder(model, chunked=False)  # the one-pass prefill and "decode" graph both ways
         logits, state = decoder.prefill(prompts, cache_len=32)
         steps = [logits]
         for token in ([5, 6, 7], [8, 9, 10]):

@@ -29,6 +29,11 @@ CACHE_BUCKET = 64
 # Prompt positions (rows x positions) a prefill chunk holds: each position keeps about 1 MB of GPT-2 small's
 # intermediates alive until its graph ends, plus its scores over the cache
 CHUNK_POSITIONS = 128
+# The first prompt of a shape (rows, padded positions, cache) a model sees, if it is at most this many padded
+# positions, goes in one position at a time through the decode-step graph, which decoding compiles anyway: for GPT-2
+# small at batch 1, 32 steps take 0.5 s where compiling the "extend" graph takes 1.9 s, most of a one-off `pangu
+# generate`. The shape's later prompts compile and use "extend" (one call instead of one per position).
+STEP_PREFILL_POSITIONS = 64
 
 
 @dataclass
@@ -183,7 +188,8 @@ class IncrementalDecoder:
             ids[row, :len(prompt)] = prompt
         visible = (np.arange(bucket)[None, :] < lengths[:, None]) & _visible(ids, self.hidden_id)
         if self.chunked:
-            logits, arrays = self._prefill_chunks(ids, visible, lengths, cache_len)
+            length = self._prefill_length(len(prompts), bucket, cache_len)
+            logits, arrays = self._prefill_chunks(ids, visible, lengths, cache_len, length)
             return logits, DecodeState.over(arrays, lengths, np.pad(visible, ((0, 0), (0, cache_len - bucket))))
         positions = np.broadcast_to(np.arange(bucket, dtype=np.int32), ids.shape)
         outputs = self.model.graph("prefill")(
@@ -199,40 +205,59 @@ class IncrementalDecoder:
         visible = np.pad(visible, ((0, 0), (0, cache_len - bucket)))
         return logits.asnumpy(), DecodeState(tuple(kv), lengths, visible)
 
-    def _prefill_chunks(self, ids: np.ndarray, visible: np.ndarray, lengths: np.ndarray,
-                        cache_len: int) -> tuple[np.ndarray, tuple]:
-        """The padded prompts `ids` [B, P] through the "extend" graph chunk by chunk, against a cache of `cache_len`
-        positions in NumPy arrays: each chunk attends over the cache (earlier chunks, and itself once written), with
-        the mask the one-pass prefill uses, and its keys/values are written into the arrays. Returns each row's
-        next-token logits and the arrays."""
+    def _prefill_length(self, batch: int, padded: int, cache_len: int) -> int:
+        """Positions per prefill call: 1 (the step graph) for the first short prompt of its shape in this model's
+        life (see `STEP_PREFILL_POSITIONS`), else `chunk_length`."""
+        shape = (batch, padded, cache_len)
+        first = shape not in self.model.prefilled_shapes
+        self.model.prefilled_shapes.add(shape)
+        return 1 if first and padded <= STEP_PREFILL_POSITIONS else chunk_length(batch, padded, cache_len)
+
+    def _step_graph(self, batch: int) -> tuple[str, bool]:
+        """The decode-step graph for `batch` rows and whether it returns logits (else final hidden states for the
+        head on the host)."""
+        on_host = self.model.head_on_host(batch)
+        return ("step_hidden" if on_host else "step"), not on_host
+
+    def _prefill_chunks(self, ids: np.ndarray, visible: np.ndarray, lengths: np.ndarray, cache_len: int,
+                        length: int) -> tuple[np.ndarray, tuple]:
+        """The padded prompts `ids` [B, P] `length` positions at a time, against a cache of `cache_len` positions in
+        NumPy arrays: each chunk attends over the cache (earlier chunks, and itself once written), with the mask the
+        one-pass prefill uses, and its keys/values are written into the arrays. Chunks go through the "extend"
+        graph, single positions through the decode-step graph. Returns each row's next-token logits and the
+        arrays."""
         config = self.config
         batch, padded = ids.shape
-        length = chunk_length(batch, padded, cache_len)
         count = -(-padded // length)
         ids = np.pad(ids, ((0, 0), (0, count * length - padded)), constant_values=config.pad_token_id)
         seen = np.pad(visible, ((0, 0), (0, cache_len - padded)))[:, None, :]  # [B, 1, T]
         slots = np.arange(cache_len)[None, :]
         shape = (batch, config.num_heads, cache_len, config.head_dim)
         arrays = tuple(np.zeros(shape, np.dtype(config.compute_dtype)) for _ in range(2 * config.num_layers))
-        tensors = tuple(ms.Tensor.from_numpy(array) for array in arrays)  # views: the graph reads what they hold
-        last = np.zeros((batch, config.hidden_size), dtype=np.float32)
-        extend = self.model.graph("extend")
+        tensors = tuple(ms.Tensor.from_numpy(array) for array in arrays)  # views: the graphs read what they hold
+        name, gives_logits = self._step_graph(batch) if length == 1 else ("extend", False)
+        graph = self.model.graph(name)
+        last = np.zeros((batch, config.vocab_size if gives_logits else config.hidden_size), dtype=np.float32)
         for start in range(0, count * length, length):
             query = np.arange(start, start + length)
             mask = ((slots <= query[:, None]) & seen) | (slots == query[:, None])  # visible keys up to each query
             # padding past the last prompt position sits at a clipped position (its keys are never visible)
-            positions = np.minimum(query, config.max_position_embeddings - 1).astype(np.int32)
-            outputs = extend(
-                ms.Tensor(ids[:, start:start + length]), ms.Tensor(np.broadcast_to(positions, (batch, length))),
-                ms.Tensor(mask_to_bias(mask)), ms.Tensor(np.broadcast_to(query.astype(np.int32), (batch, length))),
-                ms.Tensor(np.clip(lengths - 1 - start, 0, length - 1).astype(np.int32)), *tensors,
-            )
+            positions = np.broadcast_to(np.minimum(query, config.max_position_embeddings - 1).astype(np.int32),
+                                        (batch, length))
+            where = np.broadcast_to(query.astype(np.int32), (batch, length))
+            if length == 1:
+                outputs = graph(ms.Tensor(ids[:, start]), ms.Tensor(positions[:, 0]), ms.Tensor(mask_to_bias(mask)),
+                                ms.Tensor(where[:, 0]), *tensors)
+            else:
+                outputs = graph(ms.Tensor(ids[:, start:start + length]), ms.Tensor(positions),
+                                ms.Tensor(mask_to_bias(mask)), ms.Tensor(where),
+                                ms.Tensor(np.clip(lengths - 1 - start, 0, length - 1).astype(np.int32)), *tensors)
             for array, new in zip(arrays, outputs[1:], strict=True):
                 array[:, :, start:start + length] = new.asnumpy()
             ends_here = (lengths - 1 >= start) & (lengths - 1 < start + length)
             if ends_here.any():
                 last[ends_here] = outputs[0].asnumpy()[ends_here]
-        return self.model.head_logits(last), arrays
+        return (last if gives_logits else self.model.head_logits(last)), arrays
 
     def step(self, tokens: np.ndarray, state: DecodeState) -> tuple[np.ndarray, DecodeState]:
         """Feed one token per row [B]; return next-token logits [B, V] and the new state (an in-place cache is
@@ -251,13 +276,13 @@ class IncrementalDecoder:
                                                  ms.Tensor(slot_onehot(lengths, state.cache_len)), *state.cache)
             return outputs[0].asnumpy(), DecodeState(tuple(outputs[1:]), lengths + 1, visible)
         # the cache stays where it is: the step graph reads it and returns only the new keys/values
-        on_host = self.model.head_on_host(len(tokens))
-        outputs = self.model.graph("step_hidden" if on_host else "step")(
-            ms.Tensor(tokens), ms.Tensor(positions), bias, ms.Tensor(positions), *state.cache)
+        name, gives_logits = self._step_graph(len(tokens))
+        outputs = self.model.graph(name)(ms.Tensor(tokens), ms.Tensor(positions), bias, ms.Tensor(positions),
+                                         *state.cache)
         rows = np.arange(len(tokens))
         for array, new in zip(state.arrays, outputs[1:], strict=True):
             array[rows, :, lengths, :] = new.asnumpy()[:, :, 0, :]
-        logits = self.model.head_logits(outputs[0].asnumpy()) if on_host else outputs[0].asnumpy()
+        logits = outputs[0].asnumpy() if gives_logits else self.model.head_logits(outputs[0].asnumpy())
         return logits, DecodeState(state.cache, lengths + 1, visible, state.arrays)
 
 

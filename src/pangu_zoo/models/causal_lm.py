@@ -48,6 +48,7 @@ class CausalLM(nn.Cell):
         self.backbone = self.backbone_class(config)
         self._graphs: dict[str, nn.Cell] = {}
         self._graph_wrapper = None
+        self.prefilled_shapes: set[tuple[int, int, int]] = set()  # (rows, padded prompt, cache) seen by decoders
 
     def construct(self, input_ids, position_ids, attention_bias):
         """input_ids, position_ids [B, S] int32; attention_bias [B, 1, S, S] fp32 -> logits [B, S, V] fp32."""
