@@ -42,6 +42,21 @@ def decode_bias(lengths: np.ndarray, cache_len: int, visible: np.ndarray | None 
     return np.where(allowed, 0.0, MASK_VALUE).astype(np.float32)[:, None, None, :]
 
 
+def beside_cache_bias(cached: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Bias for new positions that attend beside an unchanged cache (the in-place cache graphs): cached [B, S, T]
+    (the cache slots each new position may see) and new [B, S, S] (the new positions it may see, itself
+    included) -> [B, 1, S, T + S]."""
+    return mask_to_bias(np.concatenate((np.asarray(cached, bool), np.asarray(new, bool)), axis=-1))
+
+
+def step_bias_beside(lengths: np.ndarray, cache_len: int, visible: np.ndarray) -> np.ndarray:
+    """`decode_bias` for a token that attends beside the cache: the visible slots before lengths[b], then itself
+    -> [B, 1, 1, T + 1]."""
+    lengths = np.asarray(lengths)
+    cached = (np.arange(cache_len)[None, :] < lengths[:, None]) & np.asarray(visible, bool)
+    return beside_cache_bias(cached[:, None, :], np.ones((len(lengths), 1, 1), dtype=bool))
+
+
 def slot_onehot(lengths: np.ndarray, cache_len: int) -> np.ndarray:
     """Boolean one-hot [B, 1, T, 1] of the cache slot each row writes this step (its current length)."""
     slots = np.arange(cache_len)[None, :] == np.asarray(lengths)[:, None]

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 import mindspore as ms
 import numpy as np
 
-from pangu_zoo.attention_masks import decode_bias, mask_to_bias, slot_onehot, visible_keys_mask
+from pangu_zoo.attention_masks import (
+    beside_cache_bias,
+    decode_bias,
+    mask_to_bias,
+    slot_onehot,
+    step_bias_beside,
+    visible_keys_mask,
+)
 from pangu_zoo.buckets import round_up
 from pangu_zoo.errors import InputError
 from pangu_zoo.inference.sampling import SamplingConfig, choose_next
@@ -222,15 +229,15 @@ class IncrementalDecoder:
     def _prefill_chunks(self, ids: np.ndarray, visible: np.ndarray, lengths: np.ndarray, cache_len: int,
                         length: int) -> tuple[np.ndarray, tuple]:
         """The padded prompts `ids` [B, P] `length` positions at a time, against a cache of `cache_len` positions in
-        NumPy arrays: each chunk attends over the cache (earlier chunks, and itself once written), with the mask the
-        one-pass prefill uses, and its keys/values are written into the arrays. Chunks go through the "extend"
+        NumPy arrays: each chunk attends over the cache (earlier chunks) and over itself, with the mask the one-pass
+        prefill uses, and its keys/values are then written into the arrays. Chunks go through the "extend"
         graph, single positions through the decode-step graph. Returns each row's next-token logits and the
         arrays."""
         config = self.config
         batch, padded = ids.shape
         count = -(-padded // length)
         ids = np.pad(ids, ((0, 0), (0, count * length - padded)), constant_values=config.pad_token_id)
-        seen = np.pad(visible, ((0, 0), (0, cache_len - padded)))[:, None, :]  # [B, 1, T]
+        seen = np.pad(visible, ((0, 0), (0, count * length + cache_len - padded)))  # [B, T + chunk padding]
         slots = np.arange(cache_len)[None, :]
         shape = (batch, config.num_heads, cache_len, config.head_dim)
         arrays = tuple(np.zeros(shape, np.dtype(config.compute_dtype)) for _ in range(2 * config.num_layers))
@@ -240,17 +247,16 @@ class IncrementalDecoder:
         last = np.zeros((batch, config.vocab_size if gives_logits else config.hidden_size), dtype=np.float32)
         for start in range(0, count * length, length):
             query = np.arange(start, start + length)
-            mask = ((slots <= query[:, None]) & seen) | (slots == query[:, None])  # visible keys up to each query
+            # the visible keys up to each query: the cached ones before the chunk, then the chunk's own
+            cached = np.broadcast_to(((slots < start) & seen[:, :cache_len])[:, None, :], (batch, length, cache_len))
+            bias = ms.Tensor(beside_cache_bias(cached, visible_keys_mask(seen[:, start:start + length])))
             # padding past the last prompt position sits at a clipped position (its keys are never visible)
             positions = np.broadcast_to(np.minimum(query, config.max_position_embeddings - 1).astype(np.int32),
                                         (batch, length))
-            where = np.broadcast_to(query.astype(np.int32), (batch, length))
             if length == 1:
-                outputs = graph(ms.Tensor(ids[:, start]), ms.Tensor(positions[:, 0]), ms.Tensor(mask_to_bias(mask)),
-                                ms.Tensor(where[:, 0]), *tensors)
+                outputs = graph(ms.Tensor(ids[:, start]), ms.Tensor(positions[:, 0]), bias, *tensors)
             else:
-                outputs = graph(ms.Tensor(ids[:, start:start + length]), ms.Tensor(positions),
-                                ms.Tensor(mask_to_bias(mask)), ms.Tensor(where),
+                outputs = graph(ms.Tensor(ids[:, start:start + length]), ms.Tensor(positions), bias,
                                 ms.Tensor(np.clip(lengths - 1 - start, 0, length - 1).astype(np.int32)), *tensors)
             for array, new in zip(arrays, outputs[1:], strict=True):
                 array[:, :, start:start + length] = new.asnumpy()
@@ -268,16 +274,17 @@ class IncrementalDecoder:
         tokens = np.asarray(tokens, dtype=np.int32).reshape(-1)
         self.model.check_input_ids(tokens)
         positions = lengths.astype(np.int32)
-        bias = ms.Tensor(decode_bias(lengths, state.cache_len, state.visible))
         visible = state.visible.copy()
         visible[np.arange(len(tokens)), lengths] = _visible(tokens, self.hidden_id)
         if state.arrays is None:
-            outputs = self.model.graph("decode")(ms.Tensor(tokens), ms.Tensor(positions), bias,
+            outputs = self.model.graph("decode")(ms.Tensor(tokens), ms.Tensor(positions),
+                                                 ms.Tensor(decode_bias(lengths, state.cache_len, state.visible)),
                                                  ms.Tensor(slot_onehot(lengths, state.cache_len)), *state.cache)
             return outputs[0].asnumpy(), DecodeState(tuple(outputs[1:]), lengths + 1, visible)
         # the cache stays where it is: the step graph reads it and returns only the new keys/values
         name, gives_logits = self._step_graph(len(tokens))
-        outputs = self.model.graph(name)(ms.Tensor(tokens), ms.Tensor(positions), bias, ms.Tensor(positions),
+        outputs = self.model.graph(name)(ms.Tensor(tokens), ms.Tensor(positions),
+                                         ms.Tensor(step_bias_beside(lengths, state.cache_len, state.visible)),
                                          *state.cache)
         rows = np.arange(len(tokens))
         for array, new in zip(state.arrays, outputs[1:], strict=True):

@@ -79,45 +79,57 @@ class ReusedLayer(nn.Cell):
         return self.block.step(x, bias, where, k_cache, v_cache)
 
 
+class ReusedLayerBeside(nn.Cell):
+    """`ReusedLayer` for new positions that attend beside an unchanged cache (`Attention.step` with no slots)."""
+
+    @lazy_inline(policy="front")
+    def __init__(self, block) -> None:
+        super().__init__(auto_prefix=False)
+        self.block = block
+
+    def construct(self, x, bias, k_cache, v_cache):
+        return self.block.step(x, bias, None, k_cache, v_cache)
+
+
 def _scatters(backbone) -> bool:
     """Whether the backbone writes its cache by a scatter index (ours on one device): a parallel plan's
     arithmetic write takes the slot mask instead, and other backbones keep their own `step`."""
     return hasattr(backbone, "cache_index") and not backbone.sharded_cache_write
 
 
-def _reused_layers(backbone):
-    return nn.CellList([ReusedLayer(block) for block in backbone.blocks], auto_prefix=False)
+def _reused_layers(backbone, beside: bool = False):
+    layer = ReusedLayerBeside if beside else ReusedLayer
+    return nn.CellList([layer(block) for block in backbone.blocks], auto_prefix=False)
 
 
 class ExtendGraph(GraphCell):
-    """A chunk of new positions against the cache: (input_ids, position_ids [B, S], bias [B, 1, S, T], slots [B, S]
-    int32 (the cache slot of each position), last_index [B], k_0..k_{L-1}, v_0..v_{L-1} [B, n, T, d]) -> (hidden
-    state at last_index [B, h], the new positions' k_0.., v_0.. [B, n, S, d]).
+    """A chunk of new positions against the cache: (input_ids, position_ids [B, S], bias [B, 1, S, T + S] (the
+    cached slots each position may see, then the chunk's positions), last_index [B], k_0..k_{L-1},
+    v_0..v_{L-1} [B, n, T, d]) -> (hidden state at last_index [B, h], the chunk's k_0.., v_0.. [B, n, S, d]).
 
-    The new keys and values are written into (a copy of) the cache before the positions attend, as a decode step
-    does, but only they leave the graph: the caller writes them into its cache, which stays in place. (A graph
-    keeps the memory of its last inputs and outputs, so one that returned whole caches would hold two more of
-    them.) A prompt runs a chunk at a time, and the head once after the last chunk (`HeadGraph`)."""
+    The cache is only read: the chunk attends over it and over itself, and only its own keys and values leave
+    the graph, for the caller to write into its cache, which stays in place. (Writing into a graph input copies
+    it, and a graph keeps the memory of its last inputs and outputs, so one that returned whole caches would hold
+    two more of them.) A prompt runs a chunk at a time, and the head once after the last chunk."""
 
     def __init__(self, backbone) -> None:
         super().__init__(auto_prefix=False)
         self.backbone = backbone
         self.num_layers = backbone.num_layers
-        self.layers = _reused_layers(backbone)
+        self.layers = _reused_layers(backbone, beside=True)
 
-    def construct(self, input_ids, position_ids, bias, slots, last_index, *cache):
+    def construct(self, input_ids, position_ids, bias, last_index, *cache):
         batch = input_ids.shape[0]
-        where = self.backbone.cache_index(slots)
-        hidden, keys, values = self.backbone.step(input_ids, position_ids, bias, where, cache[:self.num_layers],
+        hidden, keys, values = self.backbone.step(input_ids, position_ids, bias, None, cache[:self.num_layers],
                                                   cache[self.num_layers:], self.layers)
         last = ops.gather_nd(hidden, ops.stack((ops.arange(0, batch, dtype=ms.int32), last_index), axis=1))
-        return (last,) + tuple(ops.gather_nd(c, where) for c in keys + values)
+        return (last,) + keys + values
 
 
 class StepGraph(GraphCell):
     """One token per row against the cache, kept in place as in `ExtendGraph`: (input_ids, position_ids [B], bias
-    [B, 1, 1, T], slots [B] int32, k_0.., v_0.. [B, n, T, d]) -> (logits [B, V], the new k_0.., v_0.. [B, n, 1, d]).
-    """
+    [B, 1, 1, T + 1] (the visible cached slots, then the token itself), k_0.., v_0.. [B, n, T, d]) -> (logits
+    [B, V], the token's k_0.., v_0.. [B, n, 1, d])."""
 
     head = True
 
@@ -125,15 +137,14 @@ class StepGraph(GraphCell):
         super().__init__(auto_prefix=False)
         self.backbone = backbone
         self.num_layers = backbone.num_layers
-        self.layers = _reused_layers(backbone)
+        self.layers = _reused_layers(backbone, beside=True)
 
-    def construct(self, input_ids, position_ids, bias, slots, *cache):
+    def construct(self, input_ids, position_ids, bias, *cache):
         batch = input_ids.shape[0]
-        where = self.backbone.cache_index(slots.reshape(batch, 1))
         hidden, keys, values = self.backbone.step(input_ids.reshape(batch, 1), position_ids.reshape(batch, 1), bias,
-                                                  where, cache[:self.num_layers], cache[self.num_layers:], self.layers)
+                                                  None, cache[:self.num_layers], cache[self.num_layers:], self.layers)
         out = self.backbone.logits(hidden) if self.head else hidden
-        return (out.reshape(batch, -1),) + tuple(ops.gather_nd(c, where) for c in keys + values)
+        return (out.reshape(batch, -1),) + keys + values
 
 
 class StepHiddenGraph(StepGraph):

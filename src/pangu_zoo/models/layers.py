@@ -236,13 +236,32 @@ class Attention(nn.Cell):
 
     def step(self, query_input, kv_input, bias, where, k_cache, v_cache):
         """S new positions per row (one when decoding, a prompt chunk when prefilling in chunks): inputs [B, S, h];
-        bias [B, 1, S, T]; `where`: the cache slots they take (see `_write`); caches [B, n, T, d]. Their keys and
-        values are written into the caches, then they attend over the caches."""
+        caches [B, n, T, d]; `where`: the cache slots they take (see `_write`), or None.
+
+        With `where`, their keys and values are written into the caches, then they attend over the caches (bias
+        [B, 1, S, T]); returns the updated caches. With None the caches are only read: the new positions attend
+        over the cached slots and over each other (bias [B, 1, S, T + S], the cache's slots first), and only their
+        own keys and values [B, n, S, d] are returned, for the caller to store. Writing into a graph input copies
+        it: for GPT-2 small at batch 8 and cache 576, 340 MB per step."""
         q = self._scale(self._step_heads(self.dense1(query_input)))
-        k_cache = self._write(k_cache, self._scale(self._step_heads(self.dense2(kv_input))), where)
-        v_cache = self._write(v_cache, self._step_heads(self.dense3(kv_input)), where)
-        ctx = self._context(q, _cast(k_cache, self.compute_dtype), _cast(v_cache, self.compute_dtype), bias)
+        k_new = self._scale(self._step_heads(self.dense2(kv_input)))
+        v_new = self._step_heads(self.dense3(kv_input))
+        if where is None:
+            ctx = self._context_beside(q, k_cache, v_cache, k_new, v_new, bias)
+            k_cache, v_cache = _cast(k_new, k_cache.dtype), _cast(v_new, v_cache.dtype)
+        else:
+            k_cache, v_cache = self._write(k_cache, k_new, where), self._write(v_cache, v_new, where)
+            ctx = self._context(q, _cast(k_cache, self.compute_dtype), _cast(v_cache, self.compute_dtype), bias)
         return self.dropout(self.projection(self._step_merge(ctx))), k_cache, v_cache
+
+    def _context_beside(self, q, k_cache, v_cache, k_new, v_new, bias):
+        """Scaled q, k_new and v_new [B, n, S, d], the scaled cache [B, n, T, d], bias [B, 1, S, T + S] -> context
+        [B, n, S, d]: one softmax over the cached and the new keys, whose weights are split between the values."""
+        cached = k_cache.shape[2]
+        scores = ops.concat((self._scores(q, _cast(k_cache, self.compute_dtype)), self._scores(q, k_new)), axis=-1)
+        probs = _cast(self.prob_dropout(self.softmax(self.mask_add(bias, scores))), self.compute_dtype)
+        return self.context_matmul(probs[:, :, :, :cached], _cast(v_cache, self.compute_dtype)) + \
+            self.context_matmul(probs[:, :, :, cached:], v_new)
 
 
 class Block(nn.Cell):
@@ -363,18 +382,21 @@ class Backbone(nn.Cell):
 
     def step(self, input_ids, position_ids, bias, where, keys, values, layers=None):
         """New positions into the cache: input_ids, position_ids [B, S] (S = 1 when decoding, a prompt chunk when
-        prefilling); bias [B, 1, S, T]; `where`: the slots they take, a bool mask [B, 1, T, 1] (S = 1) or a scatter
-        index [B, n, S, 3] (`cache_index`); keys/values: tuples of [B, n, T, d] -> (hidden [B, S, h], keys,
-        values). The residual stream keeps the [B, S, h] layout of `construct`, so one shard strategy table serves
-        training, prefill and decode. The top-query layer uses the true position of each row. `layers`, when
-        given, are cells that run `Block.step` of each block (the cache graphs' reusable layers)."""
+        prefilling); `where`: the slots they take, a bool mask [B, 1, T, 1] (S = 1) or a scatter index [B, n, S, 3]
+        (`cache_index`), with bias [B, 1, S, T]; or None, to attend beside an unchanged cache, with bias
+        [B, 1, S, T + S] (see `Attention.step`); keys/values: tuples of [B, n, T, d] -> (hidden [B, S, h], the
+        updated keys and values, or with None the new positions' own [B, n, S, d]). The residual stream keeps
+        the [B, S, h] layout of `construct`, so one shard strategy table serves training, prefill and decode. The
+        top-query layer uses the true position of each row. `layers`, when given, are cells that run `Block.step`
+        of each block (the cache graphs' reusable layers; without `where` for None)."""
         x = self._embed(input_ids, position_ids)
         new_keys, new_values = (), ()
         for i, block in enumerate(self.blocks):
             if layers is None:
                 x, k, v = block.step(x, bias, where, keys[i], values[i])
             else:
-                x, k, v = layers[i](x, bias, where, keys[i], values[i])
+                layer_args = (x, bias) if where is None else (x, bias, where)
+                x, k, v = layers[i](*layer_args, keys[i], values[i])
             new_keys, new_values = new_keys + (k,), new_values + (v,)
         x = self.layernorm(x)
         if self.has_top_query:
