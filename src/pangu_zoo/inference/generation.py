@@ -38,7 +38,7 @@ CACHE_BUCKET = 64
 CHUNK_POSITIONS = 128
 # The first prompt of a shape (rows, padded positions, cache) a model sees, if it is at most this many padded
 # positions, goes in one position at a time through the decode-step graph, which decoding compiles anyway: for GPT-2
-# small at batch 1, 32 steps take 0.5 s where compiling the "extend" graph takes 1.9 s, most of a one-off `pangu
+# small at batch 1, 32 steps take 0.5 s where compiling the "extend" graph takes 1.1-1.6 s, much of a one-off `pangu
 # generate`. The shape's later prompts compile and use "extend" (one call instead of one per position).
 STEP_PREFILL_POSITIONS = 64
 
