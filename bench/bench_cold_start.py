@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import write_json
+
 CASES = ((32, 1), (512, 1), (512, 8))  # (prompt, batch)
 SIDES = ("ours", "ours_cached", "transformers")
 NEW_TOKENS = 16
@@ -150,8 +152,7 @@ def main(argv=None) -> int:
             ratio = case["ours"]["wall_s"] / case["transformers"]["wall_s"]
             memory = case["ours"]["peak_rss_gb"] / case["transformers"]["peak_rss_gb"]
             print(f"p{case['prompt']} b{case['batch']}: wall {ratio:.2f}x transformers, peak RSS {memory:.2f}x")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_json(results, args.json)
     return 0
 
 

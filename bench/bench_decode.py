@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import decode_ms_per_token
+from common import child_error, decode_ms_per_token, write_json
 
 SIDES = ("ours", "transformers")
 
@@ -58,9 +58,7 @@ def run_child(side, model_dir, dtype, batch, args) -> dict:
                "--repeats", str(args.repeats)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip() and "WARNING" not in line]
-        return {"error": next((line for line in reversed(lines) if "Error" in line or "failed" in line),
-                              lines[-1] if lines else f"exit status {result.returncode}")}
+        return child_error(result)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -126,8 +124,7 @@ def main(argv=None) -> int:
         for side in args.sides:
             if "error" in row[side]:
                 print(f"{side} {row['dtype']} batch {row['batch']}: {row[side]['error']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_json(results, args.json)
     return 0
 
 

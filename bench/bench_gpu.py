@@ -32,7 +32,7 @@ import sys
 import time
 
 import numpy as np
-from common import decode_ms_per_token, median_time, ours_train_step, torch_train_step, write_json
+from common import child_error, decode_ms_per_token, median_time, ours_train_step, torch_train_step, write_json
 
 # hidden size, layers, heads, vocabulary: the presets of this project's config.py (checked on the MindSpore side)
 SHAPES = {
@@ -192,9 +192,7 @@ def run_child(side: str, case, args) -> dict:
     except subprocess.TimeoutExpired:
         return {"error": f"no result within {args.timeout} s"}
     if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip() and "WARNING" not in line]
-        return {"error": next((line for line in reversed(lines) if "Error" in line or "error" in line),
-                              lines[-1] if lines else f"exit status {result.returncode}")[:300]}
+        return child_error(result)
     row = json.loads(result.stdout.strip().splitlines()[-1])
     row["process_s"] = time.perf_counter() - started
     return row

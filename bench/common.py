@@ -36,6 +36,14 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(elapsed(fn) for _ in range(repeats))
 
 
+def child_error(result) -> dict:
+    """{"error": the last telling line} of a measuring child process that failed (a `subprocess.run` result)."""
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "WARNING" not in line]
+    line = next((line for line in reversed(lines) if "Error" in line or "error" in line or "failed" in line),
+                lines[-1] if lines else f"exit status {result.returncode}")
+    return {"error": line[:300]}
+
+
 def write_json(results: dict, path: str | None) -> None:
     """Write the results as JSON when a path was given."""
     if path:

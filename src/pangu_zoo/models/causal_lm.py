@@ -80,8 +80,9 @@ class CausalLM(nn.Cell):
     @property
     def prefills_in_chunks(self) -> bool:
         """Whether prompts can go through the "extend" graph chunk by chunk and decoding can keep the cache in place
-        ("step"; see `pangu_zoo.models.graphs`): on one device, with a backbone whose `step` takes several positions
-        and a scatter index, and a cache NumPy can hold (not bf16)."""
+        ("step"; see `pangu_zoo.models.graphs`): on one device (no arithmetic cache write placed by a parallel plan),
+        with this project's `Backbone`, whose `step` can attend beside an unchanged cache, and a cache NumPy can hold
+        (not bf16)."""
         return self._graph_wrapper is None and hasattr(self.backbone, "cache_index") and \
             not self.backbone.sharded_cache_write and self.config.compute_dtype != "bfloat16"
 

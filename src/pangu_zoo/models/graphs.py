@@ -8,9 +8,10 @@ low and lets the decode graph be exported as it is.
 
 Prefill comes in two forms. `PrefillGraph` runs the whole padded prompt in one pass; MindSpore's CPU graphs keep
 every intermediate of a graph alive until it ends (no reuse across layers), so its memory grows with
-layers x batch x prompt² (15 GB for GPT-2 small at 8 x 512). `ExtendGraph` takes a chunk of the prompt, writes its
-keys and values into a cache of the final length and attends over it, so a prompt runs as a few calls that each
-hold one chunk's intermediates (chunk x cache instead of prompt²); it is the decode step with S positions.
+layers x batch x prompt² (15 GB for GPT-2 small at 8 x 512). `ExtendGraph` takes a chunk of the prompt and attends
+over a cache of the final length (only read) and over the chunk itself, so a prompt runs as a few calls that each
+hold one chunk's intermediates (chunk x cache instead of prompt²); it is the decode step (`StepGraph`) with S
+positions.
 """
 
 from __future__ import annotations

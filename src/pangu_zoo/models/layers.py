@@ -225,9 +225,9 @@ class Attention(nn.Cell):
         (bool; S = 1) or a scatter index [B, n, S, 3] (int32; (row, head, slot) of each new position)."""
         new = _cast(new, cache.dtype)
         if where.dtype != ms.bool_:
-            # one device only, like the select below: the scatter copies the cache once and sets the new rows, where
-            # the select reads the cache, a broadcast of the new rows and the mask (three times the time on GPT-2
-            # small at batch 8, cache 576), and it writes several positions per row (a prompt chunk)
+            # one device only, like the select below (the "decode" graph of exported models): the scatter copies the
+            # cache once and sets the new rows, where the select reads the cache, a broadcast of the new rows and
+            # the mask (three times the time on GPT-2 small at batch 8, cache 576)
             return ops.tensor_scatter_update(cache, where, new)
         if not self.sharded_cache_write:
             return ops.where(where, new, cache)
