@@ -303,11 +303,15 @@ def test_dropped_stream_frees_its_slot(served):
 
 
 def test_one_log_line_per_request(served):
-    before = served.log.text().count("POST /v1/completions 200")
-    completion(served, prompt=PROMPT, max_tokens=4, temperature=0)
-
     def logged() -> list[str]:
         return [line for line in served.log.text().splitlines() if "POST /v1/completions 200" in line]
+
+    # an earlier test's line may still be on its way (see below): count once the log has been quiet for a while
+    before = -1
+    while before != len(logged()):
+        before = len(logged())
+        wait_for(lambda count=before: len(logged()) != count, timeout=0.5)
+    completion(served, prompt=PROMPT, max_tokens=4, temperature=0)
     # the line is written when waitress closes the response, which may be just after the client has read it
     assert wait_for(lambda: len(logged()) == before + 1)
     assert logged()[-1].endswith("tokens=4")
